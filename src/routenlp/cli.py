@@ -7,6 +7,8 @@ import importlib
 
 import typer
 
+from routenlp.cli_groups import GROUPS
+
 app = typer.Typer(
     name="routenlp",
     help="Closed-loop LLM routing: route each request to the cheapest tier that meets the "
@@ -15,6 +17,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+for _name, _group in GROUPS.items():
+    app.add_typer(_group, name=_name)
 
 # Modules that define `register(app: typer.Typer) -> None`.
 COMMAND_MODULES = (
@@ -25,6 +30,7 @@ COMMAND_MODULES = (
     "routenlp.router.commands",
     "routenlp.conformal.commands",
     "routenlp.bench.commands",
+    "routenlp.server.commands",
     "routenlp.demo",
 )
 
