@@ -1,6 +1,6 @@
-"""Tier kinds. Importing this package registers every built-in kind with the registry."""
+"""Tier kinds. Kind modules are imported lazily by `build_tier` (a server that only talks to
+remote endpoints never pays for importing torch)."""
 
-from routenlp.tiers import classifier, hf_local, openai_compat, replay  # noqa: F401
 from routenlp.tiers.base import (
     BaseTier,
     Generation,

@@ -116,6 +116,13 @@ class BaseTier:
 
 TierFactory = Callable[[TierConfig, EnsembleConfig], Tier]
 _REGISTRY: dict[str, TierFactory] = {}
+# Built-in kinds and the module that registers each (imported on first use).
+KIND_MODULES = {
+    "classifier": "routenlp.tiers.classifier",
+    "local": "routenlp.tiers.hf_local",
+    "openai_compat": "routenlp.tiers.openai_compat",
+    "replay": "routenlp.tiers.replay",
+}
 
 
 def register_tier(kind: str) -> Callable[[TierFactory], TierFactory]:
@@ -128,8 +135,10 @@ def register_tier(kind: str) -> Callable[[TierFactory], TierFactory]:
 
 def build_tier(config: TierConfig, ensemble: EnsembleConfig) -> Tier:
     """Instantiate a tier from its config via the registry keyed by `kind`."""
-    import routenlp.tiers  # noqa: F401  (registers the built-in kinds)
+    import importlib
 
+    if config.kind not in _REGISTRY and config.kind in KIND_MODULES:
+        importlib.import_module(KIND_MODULES[config.kind])
     factory = _REGISTRY.get(config.kind)
     if factory is None:
         raise ConfigError(

@@ -1,0 +1,273 @@
+"""Labelling: run every tier that serves a task on every query, score each answer with the
+task metric and write the quality matrix (routing-matrix JSONL).
+
+The matrix is what the router learns from, what calibration uses and what evaluation
+replays, so labelling is resumable (rows already in the output are skipped; every batch
+is appended and fsynced) and a failing tier is recorded as an error outcome instead of
+stopping the run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from routenlp.config import EnsembleConfig, load_config
+from routenlp.errors import DataError, UnknownTaskError
+from routenlp.matrix import MatrixRow, Outcome, append_rows, done_ids, read_matrix, repair_tail
+from routenlp.tiers.base import Generation, Request, Tier, build_tier, token_uncertainty
+
+
+def generation_uncertainty(gen: Generation) -> float | None:
+    """The signal recorded in the matrix: u from log-probs, else 1 - max class prob."""
+    if gen.uncertainty is not None:
+        return gen.uncertainty
+    u = token_uncertainty(gen.logprobs)
+    if u is not None:
+        return u
+    if gen.class_probs:
+        return 1.0 - max(gen.class_probs.values())
+    return None
+
+
+def load_task_rows(path: str | Path) -> list[dict[str, Any]]:
+    """Read a task dataset JSONL (`{"id", "task", "input", "reference"}`), errors name the line."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"data file not found: {p}")
+    rows: list[dict[str, Any]] = []
+    with p.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{p}:{lineno}: not valid JSON ({err.msg})") from None
+            for key in ("id", "task", "input"):
+                if key not in obj:
+                    raise DataError(f"{p}:{lineno}: missing key {key!r}")
+            obj["id"] = str(obj["id"])
+            rows.append(obj)
+    return rows
+
+
+@dataclass
+class LabelStats:
+    written: int = 0
+    skipped: int = 0
+    errors: int = 0
+
+
+def _outcome(gen: Generation, quality: float | None) -> Outcome:
+    return Outcome(
+        quality=quality,
+        cost=gen.cost,
+        latency_s=gen.latency_s,
+        uncertainty=generation_uncertainty(gen),
+        confidence=gen.confidence,
+        response=gen.text if gen.ok else None,
+        tokens_in=gen.usage.tokens_in,
+        tokens_out=gen.usage.tokens_out,
+        error=gen.error,
+    )
+
+
+def _safe_batch(tier: Tier, requests: Sequence[Request]) -> list[Generation]:
+    """A tier that raises (it should not) still yields one error outcome per request."""
+    t0 = time.perf_counter()
+    try:
+        gens = tier.generate_batch(requests)
+        if len(gens) != len(requests):
+            raise RuntimeError(f"returned {len(gens)} answers for {len(requests)} requests")
+        return gens
+    except Exception as err:  # noqa: BLE001 - recorded, labelling goes on
+        elapsed = time.perf_counter() - t0
+        return [Generation(text="", error=f"{tier.name}: {err}", latency_s=elapsed) for _ in requests]
+
+
+def label_rows(
+    config: EnsembleConfig,
+    rows: Sequence[dict[str, Any]],
+    out_path: str | Path,
+    *,
+    tiers: dict[str, Tier] | None = None,
+    tier_names: Iterable[str] | None = None,
+    batch_size: int | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> LabelStats:
+    """Label `rows` with every serving tier and append them to `out_path` (resumable)."""
+    from routenlp.tasks import get_task_spec
+
+    for r in rows:
+        if r["task"] not in config.task_names:
+            raise UnknownTaskError(
+                f"data row {r['id']!r} has task {r['task']!r}, which the config does not "
+                f"define; known tasks: {config.task_names}"
+            )
+    wanted = list(tier_names) if tier_names else config.tier_names
+    for name in wanted:
+        config.tier(name)  # unknown tier -> clear ConfigError
+    built: dict[str, Tier] = dict(tiers or {})
+    for name in wanted:
+        if name not in built:
+            built[name] = build_tier(config.tier(name), config)
+
+    repair_tail(out_path)
+    done = done_ids(out_path)
+    todo = [r for r in rows if r["id"] not in done]
+    stats = LabelStats(skipped=len(rows) - len(todo))
+    specs = {t: get_task_spec(config.task(t)) for t in {r["task"] for r in todo}}
+
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for r in todo:
+        by_task.setdefault(r["task"], []).append(r)
+    for task, task_rows in by_task.items():
+        spec = specs[task]
+        serving = [n for n in wanted if config.tier(n).serves(task)]
+        size = batch_size or max([config.tier(n).batch_size for n in serving] or [8])
+        for start in range(0, len(task_rows), size):
+            chunk = task_rows[start : start + size]
+            requests = [spec.build_request(r["input"], id=r["id"]) for r in chunk]
+            outcomes: list[dict[str, Outcome]] = [{} for _ in chunk]
+            for name in serving:
+                gens = _safe_batch(built[name], requests)
+                for i, (r, gen) in enumerate(zip(chunk, gens)):
+                    quality = None
+                    if gen.ok:
+                        try:
+                            quality = float(spec.score(spec.parse(gen.text), r.get("reference")))
+                        except Exception as err:  # noqa: BLE001 - a scorer bug must not lose rows
+                            gen.error = f"scoring failed: {err}"
+                    if gen.error:
+                        stats.errors += 1
+                    outcomes[i][name] = _outcome(gen, quality)
+            out_rows = [
+                MatrixRow(
+                    id=r["id"],
+                    task=task,
+                    prompt=r["input"],
+                    reference=r.get("reference"),
+                    outcomes=outcomes[i],
+                )
+                for i, r in enumerate(chunk)
+            ]
+            append_rows(out_path, out_rows)
+            stats.written += len(out_rows)
+            if on_progress:
+                on_progress(len(out_rows))
+    return stats
+
+
+def summarise(rows: Iterable[MatrixRow], tier_order: Sequence[str]) -> list[dict[str, Any]]:
+    """Per task, per tier: mean quality, mean cost, latency p50/p95 and error rate."""
+    import numpy as np
+
+    acc: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for row in rows:
+        for tier, o in row.outcomes.items():
+            slot = acc.setdefault((row.task, tier), {"q": [], "c": [], "l": [], "e": []})
+            slot["e"].append(0.0 if o.error is None else 1.0)
+            if o.quality is not None:
+                slot["q"].append(o.quality)
+            if o.cost is not None:
+                slot["c"].append(o.cost)
+            if o.latency_s is not None:
+                slot["l"].append(o.latency_s * 1000.0)
+    order = {t: i for i, t in enumerate(tier_order)}
+    out = []
+    for (task, tier), s in sorted(acc.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 99))):
+        out.append(
+            {
+                "task": task,
+                "tier": tier,
+                "n": len(s["e"]),
+                "quality": float(np.mean(s["q"])) if s["q"] else None,
+                "cost": float(np.mean(s["c"])) if s["c"] else None,
+                "latency_p50_ms": float(np.percentile(s["l"], 50)) if s["l"] else None,
+                "latency_p95_ms": float(np.percentile(s["l"], 95)) if s["l"] else None,
+                "error_rate": float(np.mean(s["e"])),
+            }
+        )
+    return out
+
+
+def print_summary(summary: list[dict[str, Any]], title: str = "Quality matrix") -> None:
+    from rich.table import Table
+
+    from routenlp.cli_utils import console
+
+    table = Table(title=title)
+    for col in ("task", "tier", "n", "quality", "cost $", "p50 ms", "p95 ms", "errors"):
+        table.add_column(col, justify="left" if col in ("task", "tier") else "right")
+
+    def fmt(v: float | None, spec: str) -> str:
+        return "-" if v is None else format(v, spec)
+
+    for s in summary:
+        table.add_row(
+            s["task"],
+            s["tier"],
+            str(s["n"]),
+            fmt(s["quality"], ".3f"),
+            fmt(s["cost"], ".6f"),
+            fmt(s["latency_p50_ms"], ".0f"),
+            fmt(s["latency_p95_ms"], ".0f"),
+            f"{s['error_rate']:.0%}",
+        )
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    from routenlp.cli_utils import friendly_errors, progress
+
+    @app.command("label")
+    @friendly_errors
+    def label_cmd(
+        config: Path = typer.Option(..., "--config", "-c", help="ensemble YAML"),
+        data: Path = typer.Option(..., "--data", "-d", help="task dataset JSONL"),
+        out: Path = typer.Option(..., "--out", "-o", help="quality matrix JSONL (appended)"),
+        tiers: str | None = typer.Option(None, help="comma-separated tiers (default: all)"),
+        limit: int | None = typer.Option(None, help="label only the first N rows per task"),
+        batch_size: int | None = typer.Option(None, help="override the tiers' batch sizes"),
+    ) -> None:
+        """Run every serving tier on every query, score it, write the quality matrix.
+
+        Re-running skips rows already in --out; a failing tier is recorded as an error
+        outcome and labelling goes on."""
+        cfg = load_config(config)
+        rows = load_task_rows(data)
+        if limit:
+            per: dict[str, int] = {}
+            kept = []
+            for r in rows:
+                per[r["task"]] = per.get(r["task"], 0) + 1
+                if per[r["task"]] <= limit:
+                    kept.append(r)
+            rows = kept
+        names = [t.strip() for t in tiers.split(",")] if tiers else None
+        with progress() as bar:
+            task_id = bar.add_task("labelling", total=len(rows))
+            already = len(done_ids(out) & {r["id"] for r in rows})
+            bar.advance(task_id, already)
+            stats = label_rows(
+                cfg,
+                rows,
+                out,
+                tier_names=names,
+                batch_size=batch_size,
+                on_progress=lambda n: bar.advance(task_id, n),
+            )
+        print_summary(summarise(read_matrix(out), cfg.tier_names), title=f"Quality matrix {out}")
+        from routenlp.cli_utils import console
+
+        console.print(
+            f"labelled {stats.written} rows, skipped {stats.skipped} already done, "
+            f"{stats.errors} tier errors recorded -> {out}"
+        )

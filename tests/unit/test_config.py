@@ -1,0 +1,150 @@
+"""Config validation: every mistake names the key that is wrong."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from routenlp.config import config_from_models_json, load_config, parse_config
+from routenlp.errors import ConfigError, UnknownTaskError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def base() -> dict:
+    return {
+        "tiers": [
+            {"name": "small", "kind": "replay", "price_in": 0.1, "price_out": 0.1, "tasks": ["qa"]},
+            {"name": "big", "kind": "replay", "price_in": 1.0, "price_out": 2.0},
+        ],
+        "tasks": [{"name": "qa", "kind": "generic", "metric": "accuracy", "tau": 1.0}],
+    }
+
+
+def test_valid_config_and_lookups() -> None:
+    cfg = parse_config(base())
+    assert cfg.tier_names == ["small", "big"]
+    assert [t.name for t in cfg.tiers_for("qa")] == ["small", "big"]
+    assert cfg.tier("big").cost(1000, 500) == pytest.approx(1.0 + 1.0)
+    assert cfg.router.lambda_c == 0.3 and cfg.router.lambda_q == 0.5
+    assert len(cfg.hash()) == 16
+
+
+def test_unknown_key_is_named() -> None:
+    raw = base()
+    raw["tiers"][0]["prise_in"] = 3
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw)
+    assert "tiers.0.prise_in" in str(err.value) and "unknown key" in str(err.value)
+
+
+def test_missing_field_is_named() -> None:
+    raw = base()
+    del raw["tiers"][1]["price_out"]
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw)
+    assert "tiers.1.price_out" in str(err.value) and "missing" in str(err.value)
+
+
+def test_unknown_task_in_tier() -> None:
+    raw = base()
+    raw["tiers"][0]["tasks"] = ["qa", "nope"]
+    with pytest.raises(ConfigError, match="unknown task"):
+        parse_config(raw)
+
+
+def test_tiers_must_be_sorted_by_cost() -> None:
+    raw = base()
+    raw["tiers"].reverse()
+    with pytest.raises(ConfigError, match="not sorted by cost"):
+        parse_config(raw)
+
+
+def test_unknown_metric_and_kind() -> None:
+    raw = base()
+    raw["tasks"][0]["metric"] = "bleu"
+    with pytest.raises(ConfigError, match="tasks.0.metric"):
+        parse_config(raw)
+    raw = base()
+    raw["tasks"][0]["kind"] = "poetry"
+    with pytest.raises(ConfigError, match="tasks.0.kind"):
+        parse_config(raw)
+
+
+def test_task_lookup_error() -> None:
+    cfg = parse_config(base())
+    with pytest.raises(UnknownTaskError, match="known tasks"):
+        cfg.task("translation")
+    with pytest.raises(ConfigError, match="unknown tier"):
+        cfg.tier("T9")
+
+
+def test_env_expansion_and_optional_tier(monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = base()
+    raw["tiers"].append(
+        {
+            "name": "remote",
+            "kind": "openai_compat",
+            "base_url": "${MY_URL}",
+            "api_key": "${MY_KEY:-none}",
+            "price_in": 8,
+            "price_out": 8,
+            "enabled_if_env": "MY_URL",
+        }
+    )
+    monkeypatch.delenv("MY_URL", raising=False)
+    assert parse_config(raw).tier_names == ["small", "big"]
+    monkeypatch.setenv("MY_URL", "http://127.0.0.1:9/v1")
+    cfg = parse_config(raw)
+    assert cfg.tier("remote").base_url == "http://127.0.0.1:9/v1"
+    assert cfg.tier("remote").api_key == "none"
+
+
+def test_yaml_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tiers: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+@pytest.mark.parametrize("name", ["local-cpu.yaml", "openai-endpoints.yaml"])
+def test_shipped_examples_load(name: str) -> None:
+    cfg = load_config(ROOT / "examples" / name)
+    assert len(cfg.tasks) == 6
+    assert cfg.tiers[0].name == "T1"
+
+
+def test_openai_example_reads_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for k in range(1, 5):
+        monkeypatch.setenv(f"ROUTENLP_T{k}_BASE_URL", f"http://127.0.0.1:81{k}/v1")
+        monkeypatch.setenv(f"ROUTENLP_T{k}_MODEL", f"model-{k}")
+    cfg = load_config(ROOT / "examples" / "openai-endpoints.yaml")
+    assert [t.model for t in cfg.tiers] == ["model-1", "model-2", "model-3", "model-4"]
+    assert cfg.tier("T3").base_url == "http://127.0.0.1:813/v1"
+
+
+def test_models_json(tmp_path: Path) -> None:
+    models = [
+        {"name": "a", "price_in_per_1m": 0.2, "price_out_per_1m": 0.2},
+        {"name": "b", "price_in_per_1m": 0.8, "price_out_per_1m": 2.4},
+        {"name": "c", "price_in_per_1m": 0.9, "price_out_per_1m": 0.9},
+    ]
+    p = tmp_path / "models.json"
+    p.write_text(json.dumps(models))
+    cfg = config_from_models_json(p, ["t1", "t2"], sla_ms=500)
+    assert cfg.tier_names == ["a", "b", "c"]  # file order = measured cost order is kept
+    assert cfg.tier("b").price_out == pytest.approx(0.0024)
+    assert cfg.task("t1").tau == 1.0 and cfg.task("t2").sla_ms == 500
+    p.write_text("{")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        config_from_models_json(p, ["t1"])
+
+
+def test_local_cpu_yaml_is_plain_yaml() -> None:
+    raw = yaml.safe_load((ROOT / "examples" / "local-cpu.yaml").read_text())
+    assert [t["price_in"] for t in raw["tiers"]] == [0.01, 0.10, 0.80, 8.00]
