@@ -1,0 +1,34 @@
+"""Persistence for RouteNLP: requests, quality-matrix labels, feedback and artifacts.
+
+`Store(url)` opens SQLite (default, WAL) or PostgreSQL and upgrades the schema on open.
+"""
+
+from routenlp.store.store import (
+    DEFAULT_URL,
+    ArtifactRecord,
+    FeedbackRecord,
+    RequestRecord,
+    Store,
+    StoreError,
+    TierStep,
+    make_engine,
+    migrations_dir,
+    percentile,
+    redact_url,
+    tree_sha256,
+)
+
+__all__ = [
+    "DEFAULT_URL",
+    "ArtifactRecord",
+    "FeedbackRecord",
+    "RequestRecord",
+    "Store",
+    "StoreError",
+    "TierStep",
+    "make_engine",
+    "migrations_dir",
+    "percentile",
+    "redact_url",
+    "tree_sha256",
+]
