@@ -85,6 +85,9 @@ class TaskConfig(_Strict):
     labels: list[str] | None = None
     data: str | None = Field(None, description="task dataset directory (train.jsonl/test.jsonl)")
     max_tokens: int | None = Field(None, ge=1)
+    fewshot: int = Field(
+        2, ge=0, description="worked examples (from the train split) put in every prompt"
+    )
 
     @field_validator("kind")
     @classmethod

@@ -62,10 +62,11 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(13),
     ) -> None:
         """Run the pipeline on the built-in workload with local models and print the results."""
-        from routenlp.labeling import label_rows, load_task_rows, print_summary, summarise
+        from routenlp.labeling import label_rows, print_summary, summarise
         from routenlp.models.registry import pull
         from routenlp.tiers.classifier import fit_classifier_head
         from routenlp.workloads import generate_workload
+        from routenlp.workloads.io import load_task_rows
 
         out.mkdir(parents=True, exist_ok=True)
         cfg = _demo_config(config, out)

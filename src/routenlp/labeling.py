@@ -9,7 +9,6 @@ stopping the run.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -19,9 +18,10 @@ from typing import Any
 import typer
 
 from routenlp.config import EnsembleConfig, load_config
-from routenlp.errors import DataError, UnknownTaskError
+from routenlp.errors import UnknownTaskError
 from routenlp.matrix import MatrixRow, Outcome, append_rows, done_ids, read_matrix, repair_tail
 from routenlp.tiers.base import Generation, Request, Tier, build_tier, token_uncertainty
+from routenlp.workloads.io import load_task_rows
 
 
 def generation_uncertainty(gen: Generation) -> float | None:
@@ -34,28 +34,6 @@ def generation_uncertainty(gen: Generation) -> float | None:
     if gen.class_probs:
         return 1.0 - max(gen.class_probs.values())
     return None
-
-
-def load_task_rows(path: str | Path) -> list[dict[str, Any]]:
-    """Read a task dataset JSONL (`{"id", "task", "input", "reference"}`), errors name the line."""
-    p = Path(path)
-    if not p.exists():
-        raise DataError(f"data file not found: {p}")
-    rows: list[dict[str, Any]] = []
-    with p.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{p}:{lineno}: not valid JSON ({err.msg})") from None
-            for key in ("id", "task", "input"):
-                if key not in obj:
-                    raise DataError(f"{p}:{lineno}: missing key {key!r}")
-            obj["id"] = str(obj["id"])
-            rows.append(obj)
-    return rows
 
 
 @dataclass
@@ -105,6 +83,7 @@ def label_rows(
     """Label `rows` with every serving tier and append them to `out_path` (resumable)."""
     from routenlp.tasks import get_task_spec
 
+    rows = [{**r, "id": str(r["id"])} for r in rows]
     for r in rows:
         if r["task"] not in config.task_names:
             raise UnknownTaskError(

@@ -77,7 +77,7 @@ def test_build_request_classification_fills_prompt_and_messages() -> None:
 
 def test_build_request_zero_shot_chat_is_instruction_plus_query() -> None:
     spec = get_task_spec(_task(name="fin_summ", kind="summarisation", metric="rougeL"))
-    req = spec.build_request("Revenue rose 5%.")
+    req = spec.build_request("Revenue rose 5%.", fewshot=())
     assert len(req.messages) == 1
     content = req.messages[0]["content"]
     assert content.startswith(spec.instruction) and content.endswith("Revenue rose 5%.")
@@ -107,7 +107,7 @@ def test_prompt_override_and_max_tokens() -> None:
             max_tokens=40,
         )
     )
-    req = spec.build_request("Where is my card?")
+    req = spec.build_request("Where is my card?", fewshot=())
     assert req.messages == [{"role": "user", "content": "Reply kindly to this customer: Where is my card?"}]
     assert req.prompt == "Reply kindly to this customer:\n\nInput: Where is my card?\nOutput:"
     assert req.max_tokens == 40
@@ -189,3 +189,19 @@ def test_shared_tasks_load_and_gold_round_trips(require_shared_data: Path, name:
     for row in sample:
         parsed = spec.parse(spec.reference_text(row["reference"]))
         assert spec.score(parsed, row["reference"]) == pytest.approx(1.0), row["id"]
+
+
+def test_default_fewshot_uses_train_examples_with_distinct_labels() -> None:
+    spec = get_task_spec(
+        TaskConfig(name="cs_intent", kind="intent_classification", metric="accuracy", fewshot=3)
+    )
+    shots = spec.default_fewshot
+    assert len(shots) == 3
+    assert len({ref for _, ref in shots}) == 3  # distinct labels
+    req = spec.build_request("Where is my card?")
+    assert all(f"Output: {ref}" in req.prompt for _, ref in shots)
+    assert req.prompt.rstrip().endswith("Input: Where is my card?\nOutput:")
+    zero = get_task_spec(
+        TaskConfig(name="cs_intent", kind="intent_classification", metric="accuracy", fewshot=0)
+    )
+    assert zero.build_request("Where is my card?").prompt.count("Input:") == 1

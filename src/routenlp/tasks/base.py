@@ -8,6 +8,9 @@ format parsed, and the distillation targets (`reference_text`) are in that forma
 
 from __future__ import annotations
 
+import functools
+import json
+
 import json
 import math
 from collections.abc import Sequence
@@ -91,7 +94,7 @@ class TaskSpec:
         self,
         query: str,
         *,
-        fewshot: Sequence[tuple[str, Any]] = (),
+        fewshot: Sequence[tuple[str, Any]] | None = None,
         max_tokens: int | None = None,
         id: str | None = None,
     ) -> Request:
@@ -101,6 +104,8 @@ class TaskSpec:
         `reference_text` so examples show exactly the output format the parser reads.
         """
         query = str(query)
+        if fewshot is None:
+            fewshot = self.default_fewshot
         shots = [(str(x), self.reference_text(y)) for x, y in fewshot]
         instruction = self.instruction
         if self.task.prompt:
@@ -115,6 +120,38 @@ class TaskSpec:
             max_tokens=max_tokens if max_tokens is not None else self.default_max_tokens,
             id=id,
         )
+
+    @functools.cached_property
+    def default_fewshot(self) -> list[tuple[str, Any]]:
+        """`task.fewshot` short, easy train examples (distinct labels for classification).
+
+        Tiny base models (Gemma-3-270M has no chat template) only answer in the parser's
+        format when shown it; examples come from the task's train split (or the built-in
+        workload), never from the data being served. No train data -> no examples."""
+        k = self.task.fewshot
+        if k <= 0:
+            return []
+        from routenlp.errors import RouteNLPError
+        from routenlp.workloads import task_rows
+
+        try:
+            rows = task_rows(self.task, "train")
+        except (RouteNLPError, OSError):
+            return []
+        rows = sorted(rows, key=lambda r: (float(r.get("difficulty", 0.0)), len(r["input"]), str(r["id"])))
+        shots: list[tuple[str, Any]] = []
+        seen: set[str] = set()
+        for r in rows[:2000]:
+            key = json.dumps(r.get("reference"), sort_keys=True)
+            if self.family == "classification" and key in seen:
+                continue
+            if self.family == "extraction" and not r.get("reference") and shots:
+                continue
+            seen.add(key)
+            shots.append((r["input"], r.get("reference")))
+            if len(shots) == k:
+                break
+        return shots
 
     # -- answers -----------------------------------------------------------------------
     def parse(self, text: Any) -> Any:
