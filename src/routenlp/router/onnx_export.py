@@ -1,0 +1,238 @@
+"""Fast router embeddings: the MiniLM encoder exported to ONNX Runtime (optionally int8).
+
+On 2 CPU cores the plain torch forward of MiniLM-L6 takes ~20 ms for one short query;
+ONNX Runtime with dynamic int8 quantisation of the MatMul weights (per channel) takes a
+fraction of that and keeps the embeddings within cosine >= 0.99 of the fp32 ones (checked
+by `embedding_agreement`). The export runs once per (encoder, max_length) and is cached
+under `cache_dir()/onnx/`, written atomically, so concurrent processes never read half a
+file. Everything is local: the weights come from the encoder's local directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+
+from routenlp.errors import ConfigError
+from routenlp.paths import cache_dir
+from routenlp.router.encoder import Encoder, resolve_encoder_path
+
+Backend = Literal["torch", "onnx", "onnx-int8"]
+ROUTER_MAX_LENGTH = 128  # routing looks at the head of a prompt; halves the cost of long ones
+_EXPORT_LOCK = threading.Lock()
+
+
+class TextEmbedder(Protocol):
+    """What the router needs from an encoder."""
+
+    name: str
+    dim: int
+    backend: str
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray: ...
+
+
+def onnx_available() -> bool:
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+def _cache_key(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+
+
+def export_onnx(name: str, *, quantize: bool = True, max_length: int = ROUTER_MAX_LENGTH) -> Path:
+    """Export the encoder (with mean pooling + L2 norm inside the graph) to ONNX; cached."""
+    import torch
+
+    src = resolve_encoder_path(name)
+    tag = hashlib.blake2b(str(src.resolve()).encode(), digest_size=6).hexdigest()
+    out_dir = cache_dir() / "onnx" / f"{src.name}-{tag}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fp32 = out_dir / "encoder.fp32.onnx"
+    int8 = out_dir / "encoder.int8.onnx"
+    target = int8 if quantize else fp32
+    if target.exists():
+        return target
+    with _EXPORT_LOCK:
+        if target.exists():
+            return target
+        if not fp32.exists():
+            enc = Encoder(name, max_length=max_length)
+
+            class _Pooled(torch.nn.Module):
+                def __init__(self, model: torch.nn.Module) -> None:
+                    super().__init__()
+                    self.model = model
+
+                def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+                    h = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+                    m = attention_mask.unsqueeze(-1).to(h.dtype)
+                    pooled = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
+                    return torch.nn.functional.normalize(pooled, p=2, dim=1)
+
+            sample = enc.tokenizer(["a short example", "b"], padding=True, return_tensors="pt")
+            tmp = fp32.with_suffix(f".{os.getpid()}.tmp")
+            try:
+                torch.onnx.export(
+                    _Pooled(enc.model).eval(),
+                    (sample["input_ids"], sample["attention_mask"]),
+                    str(tmp),
+                    input_names=["input_ids", "attention_mask"],
+                    output_names=["embedding"],
+                    dynamic_axes={
+                        "input_ids": {0: "batch", 1: "seq"},
+                        "attention_mask": {0: "batch", 1: "seq"},
+                        "embedding": {0: "batch"},
+                    },
+                    opset_version=17,
+                    dynamo=False,
+                )
+            except Exception as err:  # exporter failures are environment problems
+                tmp.unlink(missing_ok=True)
+                raise ConfigError(
+                    f"could not export encoder {name!r} to ONNX: {err}",
+                    hint="use the torch backend (--backend torch)",
+                ) from None
+            tmp.replace(fp32)
+        if quantize:
+            import logging
+
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            tmp = int8.with_suffix(f".{os.getpid()}.tmp")
+            logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
+            # MatMul only, per channel: quantising the embedding Gather or per-tensor weights
+            # drops the embedding cosine to ~0.96; this keeps it >= 0.99.
+            quantize_dynamic(
+                str(fp32),
+                str(tmp),
+                per_channel=True,
+                op_types_to_quantize=["MatMul"],
+                weight_type=QuantType.QUInt8,
+            )
+            tmp.replace(int8)
+    return target
+
+
+class OnnxEncoder:
+    """Encoder with the same `encode` contract as `routenlp.router.encoder.Encoder`."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        quantize: bool = True,
+        threads: int = 2,
+        max_length: int = ROUTER_MAX_LENGTH,
+        cache_size: int = 100_000,
+    ) -> None:
+        if not onnx_available():
+            raise ConfigError(
+                "onnxruntime is not installed", hint="pip install onnxruntime, or use --backend torch"
+            )
+        import onnxruntime as ort
+        from transformers import AutoTokenizer
+
+        self.name = name
+        self.backend = "onnx-int8" if quantize else "onnx"
+        self.max_length = max_length
+        path = export_onnx(name, quantize=quantize, max_length=max_length)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self.tokenizer = AutoTokenizer.from_pretrained(str(resolve_encoder_path(name)))
+        self.dim = int(self.session.get_outputs()[0].shape[1] or 384)
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+
+    def _run(self, texts: Sequence[str]) -> np.ndarray:
+        enc = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="np"
+        )
+        feed = {
+            "input_ids": enc["input_ids"].astype(np.int64),
+            "attention_mask": enc["attention_mask"].astype(np.int64),
+        }
+        return np.asarray(self.session.run(None, feed)[0], dtype=np.float32)
+
+    def encode_uncached(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for s in range(0, len(order), batch_size):
+            idx = order[s : s + batch_size]
+            out[idx] = self._run([texts[i] for i in idx])
+        return out
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Embed texts (LRU cache by text hash). Returns (n, dim) float32, unit norm."""
+        keys = [_cache_key(t) for t in texts]
+        result = np.zeros((len(texts), self.dim), dtype=np.float32)
+        missing: dict[str, list[int]] = {}
+        with self._lock:
+            for i, k in enumerate(keys):
+                hit = self._cache.get(k)
+                if hit is not None:
+                    self._cache.move_to_end(k)
+                    result[i] = hit
+                else:
+                    missing.setdefault(k, []).append(i)
+        if missing:
+            first = [idx[0] for idx in missing.values()]
+            vecs = self.encode_uncached([texts[i] for i in first], batch_size)
+            with self._lock:
+                for (k, idxs), v in zip(missing.items(), vecs):
+                    result[idxs] = v
+                    self._cache[k] = v
+                while len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+        return result
+
+
+class TorchEncoder(Encoder):
+    """The shared torch encoder with the router's max_length and a backend tag."""
+
+    backend = "torch"
+
+    def encode_uncached(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        return self._embed_uncached(texts, batch_size)
+
+
+def default_backend() -> Backend:
+    return "onnx-int8" if onnx_available() else "torch"
+
+
+@lru_cache(maxsize=8)
+def get_embedder(
+    name: str, backend: Backend, *, threads: int = 2, max_length: int = ROUTER_MAX_LENGTH
+) -> TextEmbedder:
+    """Process-wide embedder for (encoder, backend): loading/exporting happens once."""
+    if backend == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+        return TorchEncoder(name, max_length=max_length)
+    if backend in ("onnx", "onnx-int8"):
+        return OnnxEncoder(name, quantize=backend == "onnx-int8", threads=threads, max_length=max_length)
+    raise ConfigError(f"unknown embedding backend {backend!r}; use torch, onnx or onnx-int8")
+
+
+def embedding_agreement(name: str, texts: Sequence[str], backend: Backend) -> dict[str, float]:
+    """Cosine similarity of `backend` embeddings to the fp32 torch ones (quality check)."""
+    ref = TorchEncoder(name, max_length=ROUTER_MAX_LENGTH).encode(texts)
+    got = get_embedder(name, backend).encode(texts)
+    cos = (ref * got).sum(1)
+    return {"cos_mean": float(cos.mean()), "cos_min": float(cos.min())}
