@@ -1,0 +1,25 @@
+"""Conformal cascading: uncertainty signals, calibrated acceptance thresholds with a
+finite-sample guarantee (conformal risk control, learn-then-test) and online adaptation."""
+
+from routenlp.conformal.crc import PairResult, crc_threshold, min_samples
+from routenlp.conformal.estimator import QualityEstimator, train_estimator
+from routenlp.conformal.ltt import hb_pvalues, ltt_threshold
+from routenlp.conformal.online import OnlineThresholds
+from routenlp.conformal.scores import outcome_risk, uncertainty_of
+from routenlp.conformal.thresholds import ThresholdEntry, Thresholds, calibrate
+
+__all__ = [
+    "OnlineThresholds",
+    "PairResult",
+    "QualityEstimator",
+    "ThresholdEntry",
+    "Thresholds",
+    "calibrate",
+    "crc_threshold",
+    "hb_pvalues",
+    "ltt_threshold",
+    "min_samples",
+    "outcome_risk",
+    "train_estimator",
+    "uncertainty_of",
+]
