@@ -1,0 +1,1 @@
+"""Evaluation harness, metrics, baselines and importers for routing benchmarks."""
