@@ -110,6 +110,17 @@ class RouterConfig(_Strict):
     hidden: int = Field(256, ge=1)
     lambda_c: float = Field(0.3, ge=0)
     lambda_q: float = Field(0.5, ge=0)
+    lambda_s: float = Field(
+        1.0, ge=0, description="weight of the auxiliary per-tier success head (0 = no success head)"
+    )
+    success_target: Literal["graded", "binary"] = Field(
+        "graded",
+        description="success head target: binary 1[q >= tau], or graded min(1, q / tau) "
+        "(equal on 0/1 quality; tells near misses from failures on graded quality)",
+    )
+    knob_folds: int = Field(
+        5, ge=0, description="folds for choosing the decision knob out of fold (< 2: the validation split)"
+    )
     epochs: int = Field(60, ge=1)
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(64, ge=1)

@@ -3,6 +3,10 @@ llmrouter_14task matrix (train split -> test split) against the task-only baseli
 
 Task-only baseline: for every task, the fixed tier chosen on the train split as the
 cheapest tier whose mean train quality on that task is maximal.
+
+The llmrouter bar is the issue's: on the test split the router must be cheaper than the
+task-only baseline at equal or better mean quality. The router's default decision rule
+(success head, knob chosen out of fold on the training rows) never sees the test split.
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ import pytest
 
 from routenlp.matrix import matrix_tasks, read_matrix
 from routenlp.paths import shared_data_dir
-from routenlp.router.inference import Router, choose_tiers
+from routenlp.router.inference import Router
 from routenlp.router.labels import build_labels
+from routenlp.router.train import task_only_baseline
 
 LLMR = shared_data_dir() / "routing" / "llmrouter_14task"
 
@@ -29,16 +34,27 @@ def test_synthetic_structure_is_learned(tmp_path):
     cfg.router.patience = 8
     rep = train_router(cfg, rows, tmp_path / "r")
     assert (tmp_path / "r" / "report.json").exists()
-    assert rep.overall.tier_accuracy >= 0.6, rep.overall
-    r = Router.load(tmp_path / "r", cfg)
+    assert rep.decision.rule == "success" and rep.decision.meets_target
     _, test = synthetic_setup(n_rows=120, seed=4)
-    lab = build_labels(cfg, test, tasks=r.tasks)
-    choice = np.array([d.index for d in r.decide_batch([x.task for x in test], [x.prompt for x in test])])
+    lab = build_labels(cfg, test)
+    tasks, texts = [x.task for x in test], [x.prompt for x in test]
+    rows_ = np.arange(len(lab))
+    # the issue's head (cheapest acceptable tier) learns the length structure
+    lr = Router.load(tmp_path / "r", cfg, rule="label")
+    choice = np.array([d.index for d in lr.decide_batch(tasks, texts)])
     assert np.mean(choice == lab.labels) >= 0.6
-    always_top_cost = 1.0
-    assert r.cost_norm[choice].mean() < 0.6 * always_top_cost
+    assert lr.cost_norm[choice].mean() < 0.6  # always-top costs 1.0
+    # the success rule: default knob keeps quality, more cost pressure saves cost
+    r = Router.load(tmp_path / "r", cfg)
+    d0 = r.decide_batch(tasks, texts)
+    assert all(d.success is not None and set(d.success) == set(r.tiers) for d in d0)
+    c0 = np.array([d.index for d in d0])
+    assert lab.quality[rows_, c0].mean() >= 0.95
+    c1 = np.array([d.index for d in r.decide_batch(tasks, texts, cost_bias=0.3)])
+    assert r.cost_norm[c1].mean() < 0.6 and lab.quality[rows_, c1].mean() >= 0.8
 
 
+@pytest.mark.slow  # ~50 s with a cold embedding cache (1,620 texts through the encoder)
 @pytest.mark.skipif(not LLMR.exists() and os.environ.get("CI") != "true", reason="shared data absent")
 def test_llmrouter_vs_task_only_baseline(tmp_path):
     from routenlp.config import config_from_models_json
@@ -58,28 +74,27 @@ def test_llmrouter_vs_task_only_baseline(tmp_path):
     # no model answers are labelled with the best tier, not the top one
     rep = train_router(cfg, sub, tmp_path / "r", label_fallback="best")
     router = Router.load(tmp_path / "r", cfg)
+    assert router.rule == "success" and rep.decision.rule == "success"
     lab_tr = build_labels(cfg, sub, tasks=router.tasks)
     lab = build_labels(cfg, test, tasks=router.tasks)
-    base = np.zeros(len(router.tasks), dtype=np.int64)
-    for ti in range(len(router.tasks)):
-        q = lab_tr.quality[lab_tr.task_index == ti].mean(0)
-        base[ti] = int(np.flatnonzero(q >= q.max() - 1e-12)[0])
+    base = task_only_baseline(lab_tr, np.arange(len(lab_tr)))
     rows = np.arange(len(lab))
     bc = base[lab.task_index]
     emb = embed_texts(lab.texts, router.meta.encoder, router.meta.embedding_backend)
-    choice = choose_tiers(router.probs_from_embeddings(lab.task_index, emb), lab.row_mask, router.cost_norm)
+    choice = router.choose_from_embeddings(lab.task_index, emb)
     cn = router.cost_norm
     q_router, c_router = float(lab.quality[rows, choice].mean()), float(cn[choice].mean())
     q_base, c_base = float(lab.quality[rows, bc].mean()), float(cn[bc].mean())
     q_top = float(lab.quality[:, -1].mean())
-    print(f"router q={q_router:.4f} cost={c_router:.4f}; task-only q={q_base:.4f} cost={c_base:.4f}; always-top q={q_top:.4f}")
+    q_oracle = float(lab.quality.max(1).mean())
+    print(
+        f"router q={q_router:.4f} cost={c_router:.4f} (b={router.cost_bias}); task-only q={q_base:.4f} "
+        f"cost={c_base:.4f}; always-top q={q_top:.4f}; oracle q={q_oracle:.4f}"
+    )
     assert rep.n_train > 0
-    # what holds: much cheaper than the baseline, and better than always using the top tier
-    assert c_router < c_base
-    assert q_router > q_top
-    if q_router < q_base:
-        pytest.xfail(
-            f"router does not reach the task-only baseline's quality on llmrouter_14task "
-            f"(router q={q_router:.4f} cost={c_router:.4f} vs baseline q={q_base:.4f} "
-            f"cost={c_base:.4f}); cheapest-acceptable labels trade quality for cost"
-        )
+    # the label rule (cheapest acceptable tier) is still available and much cheaper
+    label_choice = Router.load(tmp_path / "r", cfg, rule="label").choose_from_embeddings(lab.task_index, emb)
+    assert cn[label_choice].mean() < c_router
+    # the issue's bar: cheaper than the task-only baseline at equal or better mean quality
+    assert c_router < c_base, (c_router, c_base)
+    assert q_router >= q_base, (q_router, q_base)

@@ -195,3 +195,148 @@ def test_fine_tune_encoder_is_refused(tmp_path):
 
     with pytest.raises(ConfigError, match="fine_tune_encoder"):
         train_router(_cfg(fine_tune_encoder=True), [_row(0, "x", A=1.0)], tmp_path)
+
+
+def test_success_loss_hand_computed_and_masked():
+    from routenlp.router.loss import success_loss
+
+    z = torch.tensor([[0.0, float(np.log(3.0)), 5.0]])
+    y = torch.tensor([[1.0, 0.0, 0.5]])
+    w = torch.tensor([[True, True, False]])  # tier 2 masked: its value must not matter
+    # BCE(sigmoid(0), 1) = log 2; BCE(sigmoid(log 3) = 3/4, 0) = log 4
+    assert float(success_loss(z, y, w)) == pytest.approx((np.log(2) + np.log(4)) / 2, rel=1e-6)
+    logits = torch.zeros(1, 3)
+    total, parts = router_loss(
+        logits, torch.tensor([0]), torch.tensor([0.2, 0.5, 1.0]), torch.ones(1, 3), torch.tensor([0.5]),
+        lambda_c=0.0, lambda_q=0.0, success_logits=z, success_targets=y, success_weight=w, lambda_s=2.0,
+    )
+    assert parts["success"] == pytest.approx((np.log(2) + np.log(4)) / 2, rel=1e-6)
+    assert float(total) == pytest.approx(np.log(3) + 2.0 * parts["success"], rel=1e-6)
+
+
+def test_success_targets_graded_and_binary():
+    from routenlp.router.labels import success_targets
+
+    lab = build_labels(_cfg(), [_row(0, "x", A=0.25, B=0.5, C=1.0), _row(1, "y", A=1.0, B=0.4, C="boom")])
+    assert success_targets(lab, "binary").tolist() == [[0, 1, 1], [0, 0, 0]]
+    # graded: min(1, q / tau); A does not serve y and C errored -> 0
+    assert np.allclose(success_targets(lab, "graded"), [[0.5, 1, 1], [0, 0.5, 0]])
+    assert lab.attempted.tolist() == [[True, True, True], [False, True, True]]
+
+
+def test_success_rule_monotone_and_respects_mask():
+    from routenlp.router.inference import choose_by_success
+
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        k = int(rng.integers(2, 7))
+        n = 20
+        succ = rng.random((n, k))
+        mask = rng.random((n, k)) < 0.8
+        mask[np.arange(n), rng.integers(0, k, n)] = True
+        cost = np.sort(rng.random(k)) + 0.01
+        if rng.random() < 0.3:
+            cost[1] = cost[0]
+        cost = cost / cost.max()
+        prev = None
+        for b in np.linspace(-2, 3, 41):
+            c = choose_by_success(succ, mask, cost, cost_bias=b)
+            assert mask[np.arange(n), c].all()
+            if prev is not None:
+                assert np.all(cost[c] <= cost[prev] + 1e-12)
+            prev = c
+    # b = 0 is the most likely tier; a large b the cheapest serving one
+    s = np.array([[0.5, 0.9, 0.95]])
+    m = np.array([[False, True, True]])
+    assert choose_by_success(s, m, np.array([0.1, 0.2, 1.0]), cost_bias=0.0).tolist() == [2]
+    assert choose_by_success(s, m, np.array([0.1, 0.2, 1.0]), cost_bias=0.1).tolist() == [1]
+
+
+def test_baseline_frontier_and_knob_selection():
+    from routenlp.router.train import pareto_candidates, select_cost_bias, task_only_baseline
+
+    cfg = _cfg()
+    rows = [_row(0, "x", A=1.0, B=0.0, C=1.0), _row(1, "x", A=0.0, B=1.0, C=1.0), _row(2, "x", A=1.0, B=1.0, C=1.0),
+            _row(3, "y", A=1.0, B=1.0, C=0.0), _row(4, "y", A=0.0, B=0.0, C=1.0)]
+    lab = build_labels(cfg, rows)
+    cost = np.array([0.25, 0.25, 1.0])
+    idx = np.arange(len(lab))
+    # x: means A .67, B .67, C 1 -> best is C; y: B .5, C .5 -> cheapest best is B
+    assert task_only_baseline(lab, idx).tolist() == [2, 1]
+    # x: B ties A at the same price and is listed later -> dominated; y: C costs more, no better
+    assert pareto_candidates(lab, idx, cost).tolist() == [[True, False, True], [False, True, False]]
+    # success estimates that are right on rows 0-2 and useless on y
+    succ = np.array([[0.9, 0.1, 0.95], [0.2, 0.9, 0.95], [0.9, 0.9, 0.95], [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]])
+    pol = select_cost_bias(succ, lab, cost, target_quality=1.0, grid=[0.0, 0.1, 0.5, 1.0])
+    # b=0: all C (x) / B (y): quality (1+1+1+1+0)/5 = 0.8 < 1 -> b stays 0, target missed
+    assert pol.cost_bias == 0.0 and pol.meets_target is False
+    pol = select_cost_bias(succ, lab, cost, target_quality=0.8, grid=[0.0, 0.1, 0.5, 1.0])
+    # b=0.1: row 0 -> A (0.9 - .025 > 0.95 - .1), row 1 -> C, row 2 -> A; still 0.8 -> cheaper
+    assert pol.meets_target and pol.cost_bias == 1.0 and pol.cost < pol.curve[0][2]
+    assert [pt[0] for pt in pol.curve] == [0.0, 0.1, 0.5, 1.0]
+
+
+def test_router_rule_and_knob_precedence(tmp_path):
+    from routenlp.router.artifact import RouterMeta
+
+    cfg = _cfg()
+    r = _fake_router(tmp_path, cfg)
+    assert r.rule == "label" and r.has_success_head  # no decision in meta -> label rule
+    meta = RouterMeta.model_validate_json((tmp_path / "meta.json").read_text())
+    meta.decision = {"rule": "success", "cost_bias": 0.2}
+    w, _ = load_artifact(tmp_path)
+    save_artifact(tmp_path, w, meta)
+    emb = r.embedder
+    r2 = Router.load(tmp_path, cfg)
+    r2._embedder = emb
+    assert r2.rule == "success" and r2.cost_bias == 0.2
+    assert Router.load(tmp_path, cfg, cost_bias=0.5).cost_bias == 0.5
+    assert Router.load(tmp_path, _cfg(cost_bias=0.7)).cost_bias == 0.7  # set in the config
+    assert Router.load(tmp_path, cfg, rule="label").cost_bias == 0.0
+    texts, tasks = ["a", "b", "c"], ["x", "y", "x"]
+    sp = r2.success_proba(tasks, texts)
+    assert sp.shape == (3, 3) and sp[1, 0] == 0 and np.all((sp >= 0) & (sp <= 1))
+    assert np.array_equal(r2.predict_proba(tasks, texts), r.predict_proba(tasks, texts))
+    ds = r2.decide_batch(tasks, texts)
+    for i, d in enumerate(ds):
+        s = sp[i] - 0.2 * r2.cost_norm
+        s[~r2._mask[r2._task_idx[tasks[i]]]] = -np.inf
+        assert d.index == int(np.argmax(s)) and d.success is not None
+    # more cost pressure through decide never picks a more expensive tier
+    costs = [r2.cost_norm[r2.decide("x", "a", cost_bias=b).index] for b in (-1, 0, 0.2, 1, 5)]
+    assert costs == sorted(costs, reverse=True)
+    # min_accept_prob switches to the acceptable-tier distribution
+    assert r2.decide("x", "a", min_accept_prob=1.0).tier == "C"
+
+
+def test_success_rule_needs_success_head(tmp_path):
+    from routenlp.errors import DataError
+    from routenlp.router.artifact import RouterMeta
+
+    cfg = _cfg()
+    _fake_router(tmp_path, cfg)
+    w, meta = load_artifact(tmp_path)
+    meta.decision = {"rule": "success", "cost_bias": 0.0}
+    save_artifact(tmp_path, {k: v for k, v in w.items() if k not in ("ws", "bs", "s_prior")}, meta)
+    with pytest.raises(DataError, match="no success head"):
+        load_artifact(tmp_path)
+    assert isinstance(meta, RouterMeta)
+
+
+def test_train_tiny_matrix_uses_validation_knob_and_config_bias(tmp_path):
+    """Too few rows for cross-fitting: the knob comes from the validation split; a cost_bias
+    written in the config overrides it. Precomputed embeddings keep this fast."""
+    from routenlp.router.train import train_router
+
+    rng = np.random.default_rng(0)
+    rows = [_row(i, "x" if i % 2 else "y", A=float(i % 3 == 0), B=float(i % 2), C=1.0) for i in range(12)]
+    emb = rng.standard_normal((12, 6)).astype(np.float32)
+    rep = train_router(_cfg(epochs=3), rows, tmp_path / "a", embeddings=emb, backend="torch")
+    assert rep.decision.rule == "success" and "validation" in rep.decision.source
+    assert rep.decision.candidates is not None and rep.decision.curve
+    meta = load_artifact(tmp_path / "a")[1]
+    assert meta.decision["cost_bias"] == rep.decision.cost_bias
+    rep = train_router(_cfg(epochs=3, cost_bias=0.4), rows, tmp_path / "b", embeddings=emb, backend="torch")
+    assert rep.decision.cost_bias == 0.4 and rep.decision.source == "config router.cost_bias"
+    rep = train_router(_cfg(epochs=3, lambda_s=0), rows, tmp_path / "c", embeddings=emb, backend="torch")
+    assert rep.decision.rule == "label" and "ws" not in load_artifact(tmp_path / "c")[0]

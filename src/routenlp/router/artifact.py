@@ -26,6 +26,8 @@ WEIGHTS_FILE = "weights.safetensors"
 META_FILE = "meta.json"
 REPORT_FILE = "report.json"
 WEIGHT_KEYS = ("task_emb", "w1", "b1", "w2", "b2")
+SUCCESS_KEYS = ("ws", "bs")  # optional: the per-tier success head
+OPTIONAL_KEYS = ("s_prior",)  # optional: per-task success-rate logits the success head adds to
 
 
 class RouterMeta(BaseModel):
@@ -50,6 +52,10 @@ class RouterMeta(BaseModel):
     max_length: int
     hyper: dict[str, Any]
     metrics: dict[str, Any] = Field(default_factory=dict)
+    decision: dict[str, Any] = Field(
+        default_factory=dict,
+        description="default decision rule and knob (train.DecisionPolicy); empty = label rule, b = 0",
+    )
 
 
 def save_artifact(out_dir: str | Path, weights: dict[str, np.ndarray], meta: RouterMeta) -> Path:
@@ -62,7 +68,8 @@ def save_artifact(out_dir: str | Path, weights: dict[str, np.ndarray], meta: Rou
     if missing:
         raise ValueError(f"router weights lack {missing}")
     tmp = out / (WEIGHTS_FILE + ".tmp")
-    save_file({k: np.ascontiguousarray(weights[k], dtype=np.float32) for k in WEIGHT_KEYS}, str(tmp))
+    keys = WEIGHT_KEYS + tuple(k for k in SUCCESS_KEYS + OPTIONAL_KEYS if k in weights)
+    save_file({k: np.ascontiguousarray(weights[k], dtype=np.float32) for k in keys}, str(tmp))
     tmp.replace(out / WEIGHTS_FILE)
     tmp_meta = out / (META_FILE + ".tmp")
     tmp_meta.write_text(json.dumps(meta.model_dump(mode="json"), indent=2, sort_keys=True) + "\n")
@@ -96,6 +103,11 @@ def load_artifact(
     missing = [k for k in WEIGHT_KEYS if k not in weights]
     if missing:
         raise DataError(f"{p / WEIGHTS_FILE}: missing tensors {missing}")
+    has_success = [k in weights for k in SUCCESS_KEYS]
+    if any(has_success) and not all(has_success):
+        raise DataError(f"{p / WEIGHTS_FILE}: incomplete success head (need both {list(SUCCESS_KEYS)})")
+    if meta.decision.get("rule") == "success" and not all(has_success):
+        raise DataError(f"{p}: meta.json asks for the success rule but the weights have no success head")
     if config is not None:
         check_tiers(meta, config, p)
     return weights, meta

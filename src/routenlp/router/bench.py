@@ -5,6 +5,7 @@ synthetic matrix first so the numbers measure the real inference path (encoder +
 
 from __future__ import annotations
 
+import os
 import random
 import tempfile
 import time
@@ -86,12 +87,15 @@ def bench_router(
     singles = synthetic_queries(n, seed=202)
     lat = []
     bar = progress.add_task("router batch-1 decisions", total=n) if progress is not None else None
+    load_before = os.getloadavg()[0]
+    cpu0 = time.process_time()
     for q in singles:
         t0 = time.perf_counter()
         router.decide(task, q)
         lat.append((time.perf_counter() - t0) * 1000.0)
         if progress is not None:
             progress.update(bar, advance=1)
+    cpu_ms = (time.process_time() - cpu0) * 1000.0 / max(1, len(singles))
     hit = []
     for q in singles[:50]:  # now cached
         t0 = time.perf_counter()
@@ -111,6 +115,11 @@ def bench_router(
         "p99_ms": float(np.percentile(lat, 99)),
         "batched_per_s": float(per_s),
         "cache_hit_p50_ms": float(np.percentile(hit, 50)),
+        # CPU time per batch-1 decision (all threads): what a decision costs when the cores
+        # are not shared; wall-clock numbers above include waiting for other processes
+        "cpu_ms_per_decision": float(cpu_ms),
+        "load_avg_1m": [float(load_before), float(os.getloadavg()[0])],
+        "cpu_count": os.cpu_count(),
         "n": n,
         "batch": batch,
         "threads": threads,

@@ -37,6 +37,9 @@ def register(app: typer.Typer) -> None:
         models: Annotated[Optional[Path], typer.Option("--models", help="models.json of a routing matrix")] = None,
         tau: Annotated[Optional[float], typer.Option("--tau", help="override every task's tau")] = None,
         register_: Annotated[bool, typer.Option("--register", help="register in the store")] = False,
+        store: Annotated[
+            Optional[str], typer.Option("--store", help="store URL for --register (default: the config's store.url)")
+        ] = None,
         label_fallback: Annotated[
             str, typer.Option("--label-fallback", help="label when no tier is acceptable: top | best")
         ] = "top",
@@ -52,12 +55,20 @@ def register(app: typer.Typer) -> None:
             raise ConfigError(f"--label-fallback must be 'top' or 'best', got {label_fallback!r}")
         rows = read_matrix(matrix)
         cfg = _config(config, models, matrix_tasks(rows), tau)
+        if store is not None:
+            cfg.store.url = store
         with progress() as prog:
             report = train_router(
                 cfg, rows, out, progress=prog, backend=backend, register=register_,
                 label_fallback=label_fallback,  # type: ignore[arg-type]
             )
         console.print(report_table(report))
+        d = report.decision
+        base = report.task_only_baseline
+        console.print(
+            f"decision rule {d.rule}, cost_bias {d.cost_bias:g} ({d.source}); task-only baseline on the "
+            f"{report.eval_split} split: quality {base.mean_quality:.3f}, cost {base.expected_cost:.3f}"
+        )
         console.print(
             f"epochs {report.epochs_run} (best {report.best_epoch}), cost source {report.cost_source}, "
             f"embeddings {report.embedding_backend}, {report.seconds:.1f} s -> {out}"
@@ -70,7 +81,12 @@ def register(app: typer.Typer) -> None:
         text: Annotated[str, typer.Argument(help="the query text")],
         router: Annotated[Path, typer.Option("--router", help="router artifact directory")],
         task: Annotated[str, typer.Option("--task", help="task name")],
-        cost_bias: Annotated[Optional[float], typer.Option("--cost-bias", help=">0 favours cheaper tiers")] = None,
+        cost_bias: Annotated[
+            Optional[float], typer.Option("--cost-bias", help=">0 favours cheaper tiers (default: the trained knob)")
+        ] = None,
+        rule: Annotated[
+            Optional[str], typer.Option("--rule", help="success (per-tier success head) | label (acceptable tier)")
+        ] = None,
         min_accept_prob: Annotated[
             Optional[float], typer.Option("--min-accept-prob", help="cheapest tier with P(acceptable) >= p")
         ] = None,
@@ -85,20 +101,29 @@ def register(app: typer.Typer) -> None:
         from routenlp.config import load_config
         from routenlp.router.inference import Router
 
+        if rule not in (None, "success", "label"):
+            raise ConfigError(f"--rule must be 'success' or 'label', got {rule!r}")
         cfg = load_config(config) if config is not None else None
-        r = Router.load(router, cfg)
+        r = Router.load(router, cfg, rule=rule)  # type: ignore[arg-type]
         d = r.decide(task, text, cost_bias=cost_bias, min_accept_prob=min_accept_prob)
         if json_out:
             console.print_json(json.dumps(d.__dict__))
             return
         table = Table(title=f"route: task {task}")
         table.add_column("tier")
-        table.add_column("probability", justify="right")
+        table.add_column("P(cheapest acceptable)", justify="right")
+        if d.success is not None:
+            table.add_column("P(success)", justify="right")
         for t, p in d.probs.items():
             mark = "  <- chosen" if t == d.tier else ""
-            table.add_row(t, f"{p:.4f}{mark}")
+            cells = [t, f"{p:.4f}"] + ([f"{d.success[t]:.4f}"] if d.success is not None else [])
+            cells[-1] += mark
+            table.add_row(*cells)
         console.print(table)
-        console.print(f"chosen tier: [bold]{d.tier}[/] (p_escalate {d.p_escalate:.3f})" + (" [fallback]" if d.fallback else ""))
+        console.print(
+            f"chosen tier: [bold]{d.tier}[/] (rule {r.rule}, cost_bias {r.cost_bias if cost_bias is None else cost_bias:g}, "
+            f"p_escalate {d.p_escalate:.3f})" + (" [fallback]" if d.fallback else "")
+        )
 
     @bench_app.command("router")
     @friendly_errors
@@ -118,7 +143,8 @@ def register(app: typer.Typer) -> None:
         console.print(
             f"router ({res['backend']}, {threads} threads): p50 {res['p50_ms']:.2f} ms, p99 "
             f"{res['p99_ms']:.2f} ms, {res['batched_per_s']:.0f} decisions/s at batch {batch} "
-            f"(goal p50 <= 5, p99 <= 15, >= 500/s)"
+            f"(goal p50 <= 5, p99 <= 15, >= 500/s); CPU {res['cpu_ms_per_decision']:.2f} ms per decision, "
+            f"load average {res['load_avg_1m'][0]:.2f} -> {res['load_avg_1m'][1]:.2f}"
         )
         if json_path is not None:
             write_json(json_path, res)

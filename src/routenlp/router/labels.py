@@ -85,11 +85,22 @@ class LabelSet:
     acceptable: np.ndarray  # (n, K) bool
     tau: np.ndarray  # (n,) float32 per-row tau of the row's task
     task_mask: np.ndarray  # (T, K) bool serving mask
+    errored: np.ndarray | None = None  # (n, K) bool: the tier was tried and failed (error)
 
     @property
     def row_mask(self) -> np.ndarray:
         """(n, K) serving mask of each row's task."""
         return self.task_mask[self.task_index]
+
+    @property
+    def attempted(self) -> np.ndarray:
+        """(n, K) bool: serving tiers with a known outcome (a quality, or an error = failure).
+
+        The success head learns only from these: a never-recorded outcome says nothing
+        about whether the tier would have succeeded.
+        """
+        err = self.errored if self.errored is not None else np.zeros_like(self.observed)
+        return (self.observed | err) & self.row_mask
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -108,7 +119,23 @@ class LabelSet:
             acceptable=self.acceptable[idx],
             tau=self.tau[idx],
             task_mask=self.task_mask,
+            errored=None if self.errored is None else self.errored[idx],
         )
+
+
+def success_targets(labels: LabelSet, kind: Literal["graded", "binary"] = "graded") -> np.ndarray:
+    """(n, K) float32 targets of the success head.
+
+    binary: 1[q_k >= tau_t] (the acceptable matrix). graded: min(1, q_k / tau_t), which equals
+    the binary target on 0/1 quality and gives partial credit on graded quality (ROUGE, F1),
+    where with tau = 1 almost no answer is "acceptable" and the binary target carries no
+    signal to tell tiers apart. Missing outcomes are 0 (they are masked out of the loss).
+    """
+    if kind == "binary":
+        return labels.acceptable.astype(np.float32)
+    tau = np.maximum(labels.tau, 1e-6)[:, None]
+    graded = np.clip(labels.quality / tau, 0.0, 1.0)
+    return np.where(labels.observed & labels.row_mask, graded, 0.0).astype(np.float32)
 
 
 def build_labels(
@@ -138,6 +165,7 @@ def build_labels(
     n, k = len(rows), len(tiers)
     quality = np.zeros((n, k), dtype=np.float32)
     observed = np.zeros((n, k), dtype=bool)
+    errored = np.zeros((n, k), dtype=bool)
     acceptable = np.zeros((n, k), dtype=bool)
     labels = np.zeros(n, dtype=np.int64)
     any_ok = np.zeros(n, dtype=bool)
@@ -156,6 +184,7 @@ def build_labels(
         qs: list[float | None] = []
         for j, tier in enumerate(tiers):
             o = row.outcomes.get(tier)
+            errored[i, j] = o is not None and o.error is not None
             q = None if o is None or o.error is not None or o.quality is None else o.quality
             if q is not None and np.isnan(q):
                 q = None
@@ -186,6 +215,7 @@ def build_labels(
         acceptable=acceptable,
         tau=tau,
         task_mask=mask,
+        errored=errored,
     )
 
 

@@ -12,7 +12,7 @@ import hashlib
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -29,6 +29,7 @@ from routenlp.router.labels import (
     LabelSet,
     build_labels,
     normalised_costs,
+    success_targets,
     tier_costs,
 )
 
@@ -66,6 +67,10 @@ class TrainReport(BaseModel):
     eval_split: str
     per_task: dict[str, TaskMetrics]
     overall: TaskMetrics
+    decision: DecisionPolicy
+    task_only_baseline: TaskMetrics = Field(
+        description="per task, the cheapest tier with the best mean train quality, on the eval split"
+    )
 
 
 def evaluate_choices(
@@ -121,10 +126,13 @@ def embed_texts(
     texts: Sequence[str], encoder: str, backend: str, *, progress: Any = None, chunk: int = 256
 ) -> np.ndarray:
     """Embeddings for training, computed once per (encoder, backend, texts) and kept on disk."""
-    from routenlp.router.onnx_export import ROUTER_MAX_LENGTH, get_embedder
+    from routenlp.router.onnx_export import INT8_VARIANT, ROUTER_MAX_LENGTH, get_embedder
 
     h = hashlib.blake2b(digest_size=16)
-    h.update(f"{encoder}|{backend}|{ROUTER_MAX_LENGTH}|".encode())
+    # the int8 embeddings depend slightly on how rows are batched (dynamic activation
+    # quantisation), so the batching scheme is part of the key too
+    variant = f"{INT8_VARIANT}|len-chunks|" if backend == "onnx-int8" else ""
+    h.update(f"{encoder}|{backend}|{ROUTER_MAX_LENGTH}|{variant}".encode())
     for t in texts:
         h.update(t.encode("utf-8"))
         h.update(b"\0")
@@ -147,6 +155,268 @@ def embed_texts(
     return out
 
 
+class DecisionPolicy(BaseModel):
+    """The default decision rule of a trained router and how its knob was chosen."""
+
+    rule: Literal["success", "label"] = Field(
+        description="success: argmax_k P(success_k) - b c_k/c_K; label: argmax_k log p_k - b c_k/c_K"
+    )
+    cost_bias: float = Field(description="the default knob b")
+    source: str = Field(description="where b came from")
+    target_quality: float | None = Field(None, description="task-only baseline mean quality on the selection split")
+    baseline_cost: float | None = None
+    quality: float | None = Field(None, description="router mean quality at b on the selection split")
+    cost: float | None = Field(None, description="router mean c_k / c_K at b on the selection split")
+    meets_target: bool | None = None
+    candidates: dict[str, list[bool]] | None = Field(
+        None, description="per task, the tiers the success rule may pick (train cost-quality frontier)"
+    )
+    curve: list[list[float]] = Field(default_factory=list, description="[b, quality, cost] on the selection split")
+
+
+COST_BIAS_GRID = tuple(float(b) for b in np.round(np.arange(0.0, 1.5001, 0.01), 4))
+
+
+def task_only_baseline(labels: LabelSet, idx: np.ndarray) -> np.ndarray:
+    """(T,) the task-only baseline's tier per task: the cheapest serving tier with the highest
+    mean recorded quality on rows `idx` (missing outcomes count as 0); the top serving tier
+    for a task without rows there."""
+    out = np.zeros(len(labels.tasks), dtype=np.int64)
+    for ti in range(len(labels.tasks)):
+        serving = labels.task_mask[ti]
+        rows = idx[labels.task_index[idx] == ti]
+        if len(rows) == 0:
+            out[ti] = int(np.flatnonzero(serving)[-1])
+            continue
+        q = np.where(serving, labels.quality[rows].mean(0), -np.inf)
+        out[ti] = int(np.flatnonzero(q >= q.max() - 1e-12)[0])
+    return out
+
+
+def pareto_candidates(labels: LabelSet, idx: np.ndarray, cost_norm: np.ndarray) -> np.ndarray:
+    """(T, K) bool: per task, the serving tiers on the train rows' cost-quality frontier.
+
+    A tier is dropped for a task when another serving tier is no more expensive and at least
+    as good on mean train quality (strictly better in one of the two, or an exact tie listed
+    earlier). Choosing per query among dominated tiers mostly picks up estimation noise (an
+    argmax over many near-equal noisy estimates favours lucky ones), so the success rule
+    routes among the frontier only. A task without train rows keeps all serving tiers.
+    """
+    cand = labels.task_mask.copy()
+    c = np.asarray(cost_norm, dtype=np.float64)
+    for ti in range(len(labels.tasks)):
+        rows = idx[labels.task_index[idx] == ti]
+        if len(rows) == 0:
+            continue
+        q = labels.quality[rows].mean(0)
+        serving = np.flatnonzero(labels.task_mask[ti])
+        for k in serving:
+            for j in serving:
+                if j == k:
+                    continue
+                better = (c[j] <= c[k] and q[j] >= q[k]) and (c[j] < c[k] or q[j] > q[k] or j < k)
+                if better:
+                    cand[ti, k] = False
+                    break
+    return cand
+
+
+def select_cost_bias(
+    success: np.ndarray,
+    labels: LabelSet,
+    cost_norm: np.ndarray,
+    *,
+    target_quality: float,
+    baseline_cost: float | None = None,
+    selected_on: str = "validation",
+    grid: Sequence[float] = COST_BIAS_GRID,
+    candidates: np.ndarray | None = None,
+) -> DecisionPolicy:
+    """`candidates`: optional (n, K) bool per-row tiers the rule may pick (see pareto_candidates)."""
+    """Choose the default knob b of the success rule on held-out rows (never the test split).
+
+    Starting at b = 0 (most likely to succeed), b grows along the grid while the mean
+    quality on `labels` stays >= `target_quality` (the task-only baseline's quality on the
+    same rows); the last such b is the cheapest setting that keeps the baseline's quality
+    (cost never rises with b). When b = 0 already falls short, b = 0 is kept and
+    `meets_target` is False.
+    """
+    from routenlp.router.inference import choose_by_success
+
+    rows = np.arange(len(labels))
+    allowed = labels.row_mask if candidates is None else labels.row_mask & candidates
+    curve = []
+    for b in grid:
+        c = choose_by_success(success, allowed, cost_norm, cost_bias=b)
+        curve.append([float(b), float(labels.quality[rows, c].mean()), float(cost_norm[c].mean())])
+    # walk from b = 0 (the quality-first setting) towards cheaper settings and stop at the first
+    # b whose quality drops below the target: a lone cheap b that matches the target by luck
+    # on a small validation split is not taken
+    best = curve[0]
+    ok = curve[0][1] >= target_quality - 1e-9
+    if ok:
+        for pt in curve[1:]:
+            if pt[1] < target_quality - 1e-9:
+                break
+            best = pt
+    return DecisionPolicy(
+        rule="success",
+        cost_bias=best[0],
+        source=f"selected on the {selected_on} split: cheapest b keeping quality >= the task-only baseline",
+        target_quality=float(target_quality),
+        baseline_cost=baseline_cost,
+        quality=best[1],
+        cost=best[2],
+        meets_target=bool(ok),
+        curve=curve,
+    )
+
+
+def _fit_head(
+    emb: np.ndarray,
+    labels: LabelSet,
+    tr_idx: np.ndarray,
+    va_idx: np.ndarray,
+    cost_norm: np.ndarray,
+    rc: Any,
+    *,
+    progress: Any = None,
+    what: str = "training router",
+) -> tuple[dict[str, np.ndarray], float | None, int, int, dict[str, float]]:
+    """Fit one head on rows `tr_idx` with early stopping on rows `va_idx` (seeded).
+
+    Returns (numpy weights, best validation loss, best epoch, epochs run, last loss terms).
+    """
+    import torch
+
+    from routenlp.router.loss import router_loss
+    from routenlp.router.model import RouterHead, prior_logits
+
+    torch.manual_seed(rc.seed)
+    gen = torch.Generator().manual_seed(rc.seed)
+    attempted = labels.attempted
+    s_target = success_targets(labels, rc.success_target)
+    use_success = rc.lambda_s > 0
+
+    def tensors(idx: np.ndarray) -> dict[str, torch.Tensor]:
+        return {
+            "emb": torch.from_numpy(emb[idx]),
+            "task": torch.from_numpy(labels.task_index[idx]),
+            "mask": torch.from_numpy(labels.row_mask[idx]),
+            "y": torch.from_numpy(labels.labels[idx]),
+            "q": torch.from_numpy(labels.quality[idx]),
+            "tau": torch.from_numpy(labels.tau[idx]),
+            "s_y": torch.from_numpy(s_target[idx]),
+            "s_w": torch.from_numpy(attempted[idx]),
+        }
+
+    tr, va = tensors(tr_idx), (tensors(va_idx) if len(va_idx) else None)
+    cn = torch.from_numpy(cost_norm.astype(np.float32))
+    prior = (
+        prior_logits(s_target[tr_idx], attempted[tr_idx], labels.task_index[tr_idx], len(labels.tasks))
+        if use_success
+        else None
+    )
+    model = RouterHead(
+        emb.shape[1], len(labels.tasks), len(labels.tiers), task_dim=rc.task_dim, hidden=rc.hidden,
+        success_head=use_success, success_prior=prior,
+    )
+    opt = torch.optim.AdamW(model.parameters(), lr=rc.lr, weight_decay=1e-4)
+
+    def loss_of(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        logits, s_logits = model.forward_all(batch["emb"], batch["task"], batch["mask"])
+        return router_loss(
+            logits, batch["y"], cn, batch["q"], batch["tau"], lambda_c=rc.lambda_c, lambda_q=rc.lambda_q,
+            success_logits=s_logits, success_targets=batch["s_y"], success_weight=batch["s_w"],
+            lambda_s=rc.lambda_s,
+        )
+
+    best_state, best_val, best_epoch, bad, epochs_run = None, None, 0, 0, 0
+    terms: dict[str, float] = {}
+    bar = progress.add_task(what, total=rc.epochs) if progress is not None else None
+    n_tr = len(tr_idx)
+    for epoch in range(1, rc.epochs + 1):
+        model.train()
+        perm = torch.randperm(n_tr, generator=gen)
+        for s in range(0, n_tr, rc.batch_size):
+            b = perm[s : s + rc.batch_size]
+            loss, _ = loss_of({k: v[b] for k, v in tr.items()})
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        epochs_run = epoch
+        model.eval()
+        with torch.no_grad():
+            _, terms = loss_of(va if va is not None else tr)
+        val = terms["total"]
+        if best_val is None or val < best_val - 1e-5:
+            best_val, best_epoch, bad = val, epoch, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            bad += 1
+        if progress is not None:
+            progress.update(bar, advance=1, description=f"{what} (val loss {val:.4f})")
+        if va is not None and bad >= rc.patience:
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    if progress is not None:
+        progress.update(bar, completed=rc.epochs)
+    return model.numpy_weights(), best_val, best_epoch, epochs_run, terms
+
+
+def fold_indices(task_index: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
+    """Seeded per-task K-fold partition of the rows (each task spread over all folds)."""
+    rng = np.random.default_rng(seed + 7919)
+    folds: list[list[int]] = [[] for _ in range(k)]
+    for t in np.unique(task_index):
+        idx = np.flatnonzero(task_index == t)
+        rng.shuffle(idx)
+        for j, i in enumerate(idx):
+            folds[j % k].append(int(i))
+    return [np.sort(np.asarray(f, dtype=np.int64)) for f in folds if f]
+
+
+def _cross_fit_success(
+    emb: np.ndarray, labels: LabelSet, cost_norm: np.ndarray, rc: Any, *, progress: Any = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
+    """Out-of-fold success probabilities for choosing the decision knob.
+
+    For each of `rc.knob_folds` folds: fit a head on the other folds (early stopping on a
+    seeded split of them), predict the fold, and fix the fold's task-only baseline tiers and
+    frontier candidates from the other folds only. Returns (success (n, K), row order,
+    baseline tier per row, candidate mask (n, K), description).
+    """
+    from routenlp.router.model import head_outputs
+
+    folds = fold_indices(labels.task_index, rc.knob_folds, rc.seed)
+    all_idx = np.arange(len(labels))
+    succ, rows, base, cand = [], [], [], []
+    for f, held in enumerate(folds):
+        rest = np.setdiff1d(all_idx, held)
+        rest_labels = labels.task_index[rest]
+        itr, iva = split_indices(rest_labels, rc.val_fraction, rc.seed + f + 1)
+        w, *_ = _fit_head(
+            emb, labels, rest[itr], rest[iva], cost_norm, rc, progress=progress,
+            what=f"choosing the decision knob (fold {f + 1}/{len(folds)})",
+        )
+        ti = labels.task_index[held]
+        _, s = head_outputs(w, emb[held], ti)
+        assert s is not None
+        succ.append(np.where(labels.task_mask[ti], s, 0.0))
+        rows.append(held)
+        base.append(task_only_baseline(labels, rest)[ti])
+        cand.append(pareto_candidates(labels, rest, cost_norm)[ti])
+    return (
+        np.concatenate(succ),
+        np.concatenate(rows),
+        np.concatenate(base),
+        np.concatenate(cand),
+        f"{len(folds)}-fold cross-fitted training",
+    )
+
+
 def train_router(
     config: EnsembleConfig,
     rows: list[MatrixRow],
@@ -167,9 +437,8 @@ def train_router(
     """
     import torch
 
-    from routenlp.router.inference import choose_tiers
-    from routenlp.router.loss import router_loss
-    from routenlp.router.model import RouterHead, masked_softmax
+    from routenlp.router.inference import choose_by_success, choose_tiers
+    from routenlp.router.model import head_outputs, masked_softmax
     from routenlp.router.onnx_export import ROUTER_MAX_LENGTH, default_backend
 
     rc = config.router
@@ -192,77 +461,56 @@ def train_router(
         if emb.shape[0] != len(labels):
             raise DataError(f"{emb.shape[0]} embeddings for {len(labels)} rows")
 
-    # the head is tiny: one thread avoids oversubscription on shared CPUs (and is faster)
-    prev_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(rc.seed)
-    gen = torch.Generator().manual_seed(rc.seed)
     tr_idx, va_idx = split_indices(labels.task_index, rc.val_fraction, rc.seed)
     if len(tr_idx) == 0:
         raise DataError("too few rows to train the router")
-
-    def tensors(idx: np.ndarray) -> dict[str, torch.Tensor]:
-        return {
-            "emb": torch.from_numpy(emb[idx]),
-            "task": torch.from_numpy(labels.task_index[idx]),
-            "mask": torch.from_numpy(labels.row_mask[idx]),
-            "y": torch.from_numpy(labels.labels[idx]),
-            "q": torch.from_numpy(labels.quality[idx]),
-            "tau": torch.from_numpy(labels.tau[idx]),
-        }
-
-    tr, va = tensors(tr_idx), (tensors(va_idx) if len(va_idx) else None)
-    cn = torch.from_numpy(cost_norm.astype(np.float32))
-    model = RouterHead(emb.shape[1], len(labels.tasks), len(labels.tiers), task_dim=rc.task_dim, hidden=rc.hidden)
-    opt = torch.optim.AdamW(model.parameters(), lr=rc.lr, weight_decay=1e-4)
-
-    def loss_of(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        logits = model(batch["emb"], batch["task"], batch["mask"])
-        return router_loss(
-            logits, batch["y"], cn, batch["q"], batch["tau"], lambda_c=rc.lambda_c, lambda_q=rc.lambda_q
-        )
-
-    best_state, best_val, best_epoch, bad, epochs_run = None, None, 0, 0, 0
-    terms: dict[str, float] = {}
-    bar = progress.add_task("training router", total=rc.epochs) if progress is not None else None
-    n_tr = len(tr_idx)
-    for epoch in range(1, rc.epochs + 1):
-        model.train()
-        perm = torch.randperm(n_tr, generator=gen)
-        for s in range(0, n_tr, rc.batch_size):
-            b = perm[s : s + rc.batch_size]
-            loss, _ = loss_of({k: v[b] for k, v in tr.items()})
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        epochs_run = epoch
-        model.eval()
-        with torch.no_grad():
-            _, terms = loss_of(va if va is not None else tr)
-        val = terms["total"]
-        if best_val is None or val < best_val - 1e-5:
-            best_val, best_epoch, bad = val, epoch, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            bad += 1
-        if progress is not None:
-            progress.update(bar, advance=1, description=f"training router (val loss {val:.4f})")
-        if va is not None and bad >= rc.patience:
-            break
-    torch.set_num_threads(prev_threads)
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
-    if progress is not None:
-        progress.update(bar, completed=rc.epochs)
-
-    weights = model.numpy_weights()
-    from routenlp.router.model import head_logits
+    # the head is tiny: one thread avoids oversubscription on shared CPUs (and is faster)
+    prev_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fit = _fit_head(emb, labels, tr_idx, va_idx, cost_norm, rc, progress=progress, what="training router")
+        oof = None
+        if rc.lambda_s > 0 and rc.knob_folds >= 2 and len(labels) >= 5 * rc.knob_folds:
+            oof = _cross_fit_success(emb, labels, cost_norm, rc, progress=progress)
+    finally:
+        torch.set_num_threads(prev_threads)
+    weights, best_val, best_epoch, epochs_run, terms = fit
+    va = va_idx if len(va_idx) else None
 
     eval_idx = va_idx if len(va_idx) else tr_idx
     ev = labels.subset(eval_idx)
-    probs = masked_softmax(head_logits(weights, emb[eval_idx], ev.task_index), ev.row_mask)
-    choice = choose_tiers(probs, ev.row_mask, cost_norm, cost_bias=rc.cost_bias)
+    logits_ev, success_ev = head_outputs(weights, emb[eval_idx], ev.task_index)
+    probs = masked_softmax(logits_ev, ev.row_mask)
+    base_tier = task_only_baseline(labels, tr_idx)
+    base_choice = base_tier[ev.task_index]
+    _, base_overall = evaluate_choices(ev, base_choice, cost_norm)
+    explicit_bias = "cost_bias" in rc.model_fields_set
+    if success_ev is not None:
+        cand = pareto_candidates(labels, tr_idx, cost_norm)
+        if oof is not None:
+            # out-of-fold success probabilities of every row: the knob is chosen on all rows,
+            # each predicted by a head that never saw it (small validation splits are noisy)
+            sel_success, sel_rows, sel_base, sel_cand, sel_on = oof
+            sel_labels = labels.subset(sel_rows)
+            _, sel_base_m = evaluate_choices(sel_labels, sel_base, cost_norm)
+        else:
+            sel_success, sel_labels, sel_cand = success_ev, ev, cand[ev.task_index]
+            sel_base_m = base_overall
+            sel_on = "validation" if len(va_idx) else "train (too few rows for validation)"
+        decision = select_cost_bias(
+            sel_success, sel_labels, cost_norm, target_quality=sel_base_m.mean_quality,
+            baseline_cost=sel_base_m.expected_cost, selected_on=sel_on, candidates=sel_cand,
+        )
+        decision.candidates = {t: cand[i].tolist() for i, t in enumerate(labels.tasks)}
+        if explicit_bias:  # the user's knob wins; the selection curve stays for reference
+            decision.cost_bias, decision.source = float(rc.cost_bias), "config router.cost_bias"
+            decision.quality = decision.cost = decision.meets_target = None
+        choice = choose_by_success(
+            success_ev, ev.row_mask & cand[ev.task_index], cost_norm, cost_bias=decision.cost_bias
+        )
+    else:
+        decision = DecisionPolicy(rule="label", cost_bias=float(rc.cost_bias), source="config router.cost_bias")
+        choice = choose_tiers(probs, ev.row_mask, cost_norm, cost_bias=rc.cost_bias)
     per_task, overall = evaluate_choices(ev, choice, cost_norm)
 
     out = Path(out_dir)
@@ -283,6 +531,8 @@ def train_router(
         eval_split="validation" if len(va_idx) else "train (too few rows for validation)",
         per_task=per_task,
         overall=overall,
+        decision=decision,
+        task_only_baseline=base_overall,
     )
     meta = RouterMeta(
         tiers=labels.tiers,
@@ -301,7 +551,13 @@ def train_router(
         embedding_dim=int(emb.shape[1]),
         max_length=ROUTER_MAX_LENGTH,
         hyper=rc.model_dump(mode="json"),
-        metrics={"overall": overall.model_dump(), "best_val_loss": best_val, "epochs_run": epochs_run},
+        metrics={
+            "overall": overall.model_dump(),
+            "task_only_baseline": base_overall.model_dump(),
+            "best_val_loss": best_val,
+            "epochs_run": epochs_run,
+        },
+        decision=decision.model_dump(mode="json"),
     )
     save_artifact(out, weights, meta)
     (out / REPORT_FILE).write_text(report.model_dump_json(indent=2) + "\n")
@@ -312,7 +568,12 @@ def train_router(
             out,
             store_url=config.store.url,
             config_hash=config.hash(),
-            metadata={"tiers": labels.tiers, "tasks": labels.tasks, "overall": overall.model_dump()},
+            metadata={
+                "tiers": labels.tiers,
+                "tasks": labels.tasks,
+                "overall": overall.model_dump(),
+                "decision": {"rule": decision.rule, "cost_bias": decision.cost_bias},
+            },
         )
     return report
 
