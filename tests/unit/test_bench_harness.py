@@ -1,0 +1,153 @@
+"""The harness on a tiny matrix with a scripted router: numbers checked by hand."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from routenlp.bench.harness import evaluate, modelled_latency_ms, prepare_rows, resolve_baselines
+from routenlp.config import parse_config
+from routenlp.conformal import ThresholdEntry, Thresholds
+from routenlp.errors import ConfigError
+from routenlp.matrix import MatrixRow, Outcome
+
+
+def make_config(**tier_extra):
+    return parse_config(
+        {
+            "tiers": [
+                {"name": "T1", "kind": "replay", "price_in": 0.1, "price_out": 0.1, **tier_extra},
+                {"name": "T2", "kind": "replay", "price_in": 1.0, "price_out": 1.0},
+            ],
+            "tasks": [{"name": "qa", "tau": 1.0, "sla_ms": 1050}],
+        }
+    )
+
+
+CFG = make_config()
+
+
+def rows(n: int = 10) -> list[MatrixRow]:
+    out = []
+    for i in range(n):
+        hard = i % 2 == 1
+        out.append(
+            MatrixRow(
+                id=f"q{i}",
+                task="qa",
+                prompt=f"{'hard' if hard else 'easy'} {i}",
+                outcomes={
+                    "T1": Outcome(quality=0.0 if hard else 1.0, cost=1.0, latency_s=0.1,
+                                  uncertainty=0.8 if hard else 0.2, response="a"),
+                    "T2": Outcome(quality=1.0, cost=10.0, latency_s=1.0, response="b"),
+                },
+            )
+        )
+    return out
+
+
+@dataclass
+class Decision:
+    tier: str
+    index: int
+    probs: dict[str, float]
+    p_escalate: float
+
+
+class ScriptedRouter:
+    """Always T1 with 90% confidence, whatever the bias."""
+
+    cost_bias = 0.0
+    tiers = ["T1", "T2"]
+
+    def decide(self, task: str, text: str, *, cost_bias: float | None = None) -> Decision:
+        return Decision("T1", 0, {"T1": 0.9, "T2": 0.1}, 0.1)
+
+    def decide_batch(self, tasks, texts, *, cost_bias=None):
+        return [self.decide(t, x, cost_bias=cost_bias) for t, x in zip(tasks, texts)]
+
+
+THR = Thresholds(alpha=0.05, thresholds={"qa": {"T1": ThresholdEntry(delta=0.5, n=100)}})
+
+
+def test_cascade_numbers_by_hand() -> None:
+    res = evaluate(CFG, rows(), router=ScriptedRouter(), thresholds=THR, baselines="oracle,random", count_tokens=len)
+    s = res.systems["routenlp"]
+    assert res.reference == "always-T2"
+    assert s.quality_ratio == pytest.approx(1.0)
+    assert s.cost_ratio == pytest.approx((5 * 1 + 5 * 11) / 100)
+    assert s.escalation_rate == pytest.approx(0.5)
+    assert s.tier_shares == {"T1": 0.5, "T2": 0.5}
+    assert s.quality_violation_rate == 0.0
+    assert s.sla_violation_rate == pytest.approx(0.5)  # 100 + 1000 ms > 1050
+    assert s.p50_latency_ms == pytest.approx(600.0)
+    ro = res.systems["routenlp-router-only"]
+    assert (ro.quality_ratio, ro.cost_ratio) == (pytest.approx(0.5), pytest.approx(0.1))
+    assert res.systems["routenlp-cascade-from-t1"].cost_ratio == pytest.approx(0.6)
+    orc = res.systems["oracle"]
+    assert orc.cost_ratio == pytest.approx(0.55) and orc.quality_ratio == pytest.approx(1.0)
+    # Random draws with RouteNLP's mix (half/half here)
+    assert set(res.systems["random"].tier_shares) == {"T1", "T2"}
+    assert res.matched["routenlp"]["cost_ratio_at_quality_0.97"] == pytest.approx(0.6)
+    payload = res.to_json()
+    for key in ("matrix", "n_test", "systems", "matched", "auc", "notes"):
+        assert key in payload
+    for key in ("quality_ratio", "cost_ratio", "mean_quality", "p50_latency_ms", "p99_latency_ms",
+                "sla_violation_rate", "quality_violation_rate", "tier_shares", "escalation_rate", "curve"):
+        assert key in payload["systems"]["routenlp"]
+
+
+def test_reference_best_and_learned_baselines_need_train() -> None:
+    rs = rows()
+    for r in rs:  # make T1 the best single tier: perfect everywhere
+        r.outcomes["T1"] = r.outcomes["T1"].model_copy(update={"quality": 1.0})
+        r.outcomes["T2"] = r.outcomes["T2"].model_copy(update={"quality": 0.5})
+    res = evaluate(CFG, rs, router=None, thresholds=THR, baselines="all", reference="best", count_tokens=len)
+    assert res.reference == "always-T1"
+    assert res.systems["always-T1"].quality_ratio == pytest.approx(1.0)
+    assert "frugalgpt" not in res.systems
+    assert any("needs --train" in n for n in res.notes)
+
+
+def test_prepare_rows_estimates_cost_and_models_latency() -> None:
+    cfg = make_config(latency_p50_ms=100.0, latency_p99_ms=400.0)
+    r = MatrixRow(id="x", task="qa", prompt="one two three", outcomes={
+        "T1": Outcome(quality=1.0, response="four five"),
+        "T2": Outcome(quality=1.0),
+    })
+    out, notes = prepare_rows(cfg, [r], count_tokens=lambda ts: [len(t.split()) for t in ts], assumed_output_tokens=7)
+    o1, o2 = out[0].outcomes["T1"], out[0].outcomes["T2"]
+    assert o1.cost == pytest.approx(3 / 1000 * 0.1 + 2 / 1000 * 0.1)
+    assert o2.cost == pytest.approx(3 / 1000 * 1.0 + 7 / 1000 * 1.0)  # assumed output length
+    assert notes.estimated_cost and notes.assumed_output and notes.modelled_latency
+    assert o1.latency_s is not None and o2.latency_s is None  # T2 has no profile
+    assert notes.latency_missing
+
+
+def test_modelled_latency_lognormal_quantiles() -> None:
+    assert modelled_latency_ms(100.0, 400.0, 0.5) == pytest.approx(100.0)
+    assert modelled_latency_ms(100.0, 400.0, 0.99) == pytest.approx(400.0)
+    assert modelled_latency_ms(100.0, None, 0.99) == 100.0
+
+
+def test_resolve_baselines() -> None:
+    assert "frugalgpt" in resolve_baselines("all")
+    assert resolve_baselines("none") == []
+    assert resolve_baselines("oracle,always-T1") == ["oracle"]
+    with pytest.raises(ConfigError, match="unknown baseline"):
+        resolve_baselines("nope")
+
+
+def test_html_report_is_self_contained(tmp_path) -> None:
+    from routenlp.bench.commands import results_table
+    from routenlp.report import write_html
+
+    res = evaluate(CFG, rows(), router=ScriptedRouter(), thresholds=THR, baselines="oracle", count_tokens=len)
+    payload = res.to_json()
+    page = write_html(payload, tmp_path / "r.html").read_text()
+    assert page.count("data:image/png;base64,") == 3  # curves, tier shares, latency CDF
+    assert "routenlp-cascade-from-t1" in page and "<script" not in page
+    assert "src=\"http" not in page
+    table = results_table(payload)
+    assert table.row_count == len(payload["systems"])
