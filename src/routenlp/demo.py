@@ -57,7 +57,9 @@ def register(app: typer.Typer) -> None:
         config: Path = typer.Option(
             Path("examples/local-cpu.yaml"), "--config", "-c", help="ensemble YAML"
         ),
-        n_per_task: int = typer.Option(60, help="queries labelled per task"),
+        n_per_task: int = typer.Option(
+            80, help="queries labelled per task (split 40/30/30 into train/cal/test)"
+        ),
         n_train: int = typer.Option(300, help="training rows per task for the classifier tier"),
         seed: int = typer.Option(13),
     ) -> None:
@@ -101,10 +103,44 @@ def register(app: typer.Typer) -> None:
         matrix = read_matrix(matrix_path)
         print_summary(summarise(matrix, cfg.tier_names), title="Per task, per tier")
 
-        train, cal, test = _split_matrix(matrix, seed, (0.5, 0.25))
+        train, cal, test = _split_matrix(matrix, seed, (0.4, 0.3))
         for name, part in (("train", train), ("cal", cal), ("test", test)):
             write_matrix(out / f"matrix_{name}.jsonl", part)
         console.print(
             f"matrix split: train {len(train)}, cal {len(cal)}, test {len(test)} rows "
             f"-> {out}/matrix_{{train,cal,test}}.jsonl"
         )
+
+        from routenlp.bench.commands import emit_results, progress_callback
+        from routenlp.bench.harness import evaluate
+        from routenlp.conformal import calibrate
+        from routenlp.conformal.commands import print_thresholds
+        from routenlp.router.inference import Router
+        from routenlp.router.train import report_table, train_router
+
+        console.rule("[bold]5. router (trained on the train split)")
+        with progress() as bar:
+            report = train_router(cfg, train, out / "router", progress=bar)
+        console.print(report_table(report))
+        router = Router.load(out / "router", cfg)
+
+        console.rule(f"[bold]6. conformal calibration (alpha {cfg.cascade.alpha})")
+        thresholds = calibrate(cfg, cal, alpha=cfg.cascade.alpha, method=cfg.cascade.method)
+        thresholds.save(out / "thresholds.json")
+        print_thresholds(thresholds)
+
+        console.rule("[bold]7. evaluation: RouteNLP vs baselines on the test split")
+        with progress() as bar:
+            results = evaluate(
+                cfg,
+                test,
+                router=router,
+                thresholds=thresholds,
+                baselines="all",
+                train_rows=train,
+                cal_rows=cal,
+                seed=seed,
+                matrix_name="built-in workload (local CPU ensemble)",
+                progress=progress_callback(bar),
+            )
+        emit_results(results, out / "results.json", out / "report.html")

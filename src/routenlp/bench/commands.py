@@ -131,7 +131,7 @@ def results_table(results: dict[str, Any]) -> Table:
     return table
 
 
-def _progress_fn(prog: Any) -> Any:
+def progress_callback(prog: Any) -> Any:
     tasks: dict[str, Any] = {}
 
     def tick(label: str, done: int, total: int) -> None:
@@ -142,7 +142,7 @@ def _progress_fn(prog: Any) -> Any:
     return tick
 
 
-def _emit(results: Any, json_out: Path | None, html_out: Path | None) -> None:
+def emit_results(results: Any, json_out: Path | None, html_out: Path | None) -> None:
     payload = results.to_json()
     console.print(results_table(payload))
     for note in payload.get("notes", []):
@@ -198,9 +198,9 @@ def register(app: typer.Typer) -> None:
             results = evaluate(
                 cfg, test_rows, router=rt, thresholds=thr, baselines=baselines, train_rows=train_rows,
                 reference=reference, sla_aware=not no_sla, seed=seed, estimator=est, cal_rows=cal_rows,  # type: ignore[arg-type]
-                matrix_name=str(matrix), progress=_progress_fn(prog),
+                matrix_name=str(matrix), progress=progress_callback(prog),
             )
-        _emit(results, json_out, html_out)
+        emit_results(results, json_out, html_out)
 
     @app.command("benchmark")
     @friendly_errors
@@ -251,7 +251,7 @@ def register(app: typer.Typer) -> None:
             tau=tau, sla_ms=sla_ms, latency_profile=latency_profile,
         )
         with progress() as prog:
-            tick = _progress_fn(prog)
+            tick = progress_callback(prog)
             report = train_router(cfg, fit_rows, out / "router", progress=prog)
             router = Router.load(out / "router", cfg)
             tick("router trained", 1, 1)
@@ -275,5 +275,5 @@ def register(app: typer.Typer) -> None:
             f"on {len(cal_rows)} rows (alpha {alpha}, {method}); baselines fitted on all {len(train_rows)} "
             f"train rows; router validation tier accuracy {report.overall.tier_accuracy:.3f}",
         )
-        _emit(results, json_out, html_out)
+        emit_results(results, json_out, html_out)
         console.print(f"artifacts -> {out}")

@@ -7,7 +7,9 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from routenlp.cli_utils import console
 from routenlp.config import EnsembleConfig, config_from_models_json, load_config
+from routenlp.conformal.thresholds import Thresholds
 from routenlp.errors import ConfigError
 from routenlp.matrix import MatrixRow, matrix_tasks, read_matrix
 
@@ -33,8 +35,37 @@ def _fmt(x: float | None, digits: int = 4) -> str:
     return "-" if x is None else f"{x:.{digits}g}"
 
 
+def print_thresholds(th: Thresholds) -> None:
+    """Per (task, tier): n, delta, calibration risk, bound, accept rate; and why a pair never
+    accepts (the CLI and the demo print the same table)."""
+    m, a, dc = th.method, th.alpha, th.delta_conf
+    title = f"thresholds ({m}, alpha={a:g}" + (f", delta_conf={dc:g})" if m == "ltt" and dc else ")")
+    table = Table(title=title)
+    for col in ("task", "tier", "n", "delta", "risk", "bound", "accept", "signal"):
+        right = col in ("n", "risk", "bound", "accept")
+        table.add_column(col, justify="right" if right else "left")
+    never: dict[str, list[str]] = {}
+    for task, tier, e in th.pairs():
+        table.add_row(
+            task,
+            tier,
+            str(e.n),
+            "never" if e.delta is None else _fmt(e.delta),
+            _fmt(e.risk, 3),
+            _fmt(e.bound, 3),
+            "-" if e.accept_rate is None else f"{e.accept_rate:.1%}",
+            e.signal or "-",
+        )
+        if e.delta is None:
+            never.setdefault(e.reason or "no threshold", []).append(f"{task}/{tier}")
+    console.print(table)
+    for reason, pairs in never.items():
+        which = ", ".join(pairs) if len(pairs) <= 4 else f"{len(pairs)} pairs"
+        console.print(f"[yellow]never accept ({which}):[/] {reason}")
+
+
 def register(app: typer.Typer) -> None:
-    from routenlp.cli_utils import console, err_console, friendly_errors, progress
+    from routenlp.cli_utils import err_console, friendly_errors, progress
 
     @app.command("calibrate")
     @friendly_errors
@@ -85,29 +116,7 @@ def register(app: typer.Typer) -> None:
             th.__pydantic_extra__["estimator"] = str(estimator)  # type: ignore[index]
         th.save(out)
 
-        title = f"thresholds ({m}, alpha={a:g}" + (f", delta_conf={dc:g})" if m == "ltt" else ")")
-        table = Table(title=title)
-        for col in ("task", "tier", "n", "delta", "risk", "bound", "accept", "signal"):
-            right = col in ("n", "risk", "bound", "accept")
-            table.add_column(col, justify="right" if right else "left")
-        never: dict[str, list[str]] = {}
-        for task, tier, e in th.pairs():
-            table.add_row(
-                task,
-                tier,
-                str(e.n),
-                "never" if e.delta is None else _fmt(e.delta),
-                _fmt(e.risk, 3),
-                _fmt(e.bound, 3),
-                "-" if e.accept_rate is None else f"{e.accept_rate:.1%}",
-                e.signal or "-",
-            )
-            if e.delta is None:
-                never.setdefault(e.reason or "no threshold", []).append(f"{task}/{tier}")
-        console.print(table)
-        for reason, pairs in never.items():
-            which = ", ".join(pairs) if len(pairs) <= 4 else f"{len(pairs)} pairs"
-            console.print(f"[yellow]never accept ({which}):[/] {reason}")
+        print_thresholds(th)
         skipped = (th.model_extra or {}).get("skipped_tasks")
         if skipped:
             err_console.print(f"[yellow]matrix tasks not in the config (ignored):[/] {skipped}")
