@@ -89,8 +89,12 @@ def register(app: typer.Typer) -> None:
                 continue
             for task in cfg.task_names:
                 if tier.serves(task):
-                    metrics = fit_classifier_head(tier, data_dir / task / "train.jsonl")
-                    console.print(f"{tier.name} / {task}: {metrics}")
+                    m = fit_classifier_head(tier, data_dir / task / "train.jsonl")
+                    console.print(
+                        f"{tier.name} / {task}: {len(m['labels'])} labels, n={m['n']}, "
+                        f"train accuracy {m['train_accuracy']:.3f}, "
+                        f"validation accuracy {m['val_accuracy']:.3f} -> {m['head_dir']}"
+                    )
 
         console.rule("[bold]4. labelling (every tier on every query)")
         matrix_path = out / "matrix.jsonl"
