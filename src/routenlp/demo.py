@@ -58,7 +58,9 @@ def register(app: typer.Typer) -> None:
             Path("examples/local-cpu.yaml"), "--config", "-c", help="ensemble YAML"
         ),
         n_per_task: int = typer.Option(
-            80, help="queries labelled per task (split 40/30/30 into train/cal/test)"
+            60,
+            help="queries labelled per task, split 35/35/30 into train/cal/test (alpha=0.05 "
+            "needs >= 19 calibration rows per task to accept anything)",
         ),
         n_train: int = typer.Option(300, help="training rows per task for the classifier tier"),
         seed: int = typer.Option(13),
@@ -107,7 +109,7 @@ def register(app: typer.Typer) -> None:
         matrix = read_matrix(matrix_path)
         print_summary(summarise(matrix, cfg.tier_names), title="Per task, per tier")
 
-        train, cal, test = _split_matrix(matrix, seed, (0.4, 0.3))
+        train, cal, test = _split_matrix(matrix, seed, (0.35, 0.35))
         for name, part in (("train", train), ("cal", cal), ("test", test)):
             write_matrix(out / f"matrix_{name}.jsonl", part)
         console.print(
