@@ -349,3 +349,29 @@ def config_from_models_json(
     # even where list prices disagree (output-heavy vs input-heavy models), so keep it.
     raw = {"name": p.parent.name, "tier_order": "given", "tiers": tiers, "tasks": task_rows}
     return parse_config(raw, str(p))
+
+
+def config_for_matrix(
+    config: str | Path | None,
+    models: str | Path | None,
+    tasks: list[str],
+    *,
+    tau: float | None = None,
+    sla_ms: float | None = None,
+) -> EnsembleConfig:
+    """The `--config C | --models models.json` choice of every matrix-consuming command.
+
+    Exactly one must be given; `tau` / `sla_ms` override every task's values."""
+    if (config is None) == (models is None):
+        raise ConfigError(
+            "give exactly one of --config (an ensemble YAML) or --models (models.json)"
+        )
+    if models is not None:
+        return config_from_models_json(models, tasks, tau=tau, sla_ms=sla_ms)
+    cfg = load_config(config)  # type: ignore[arg-type]
+    for t in cfg.tasks:
+        if tau is not None:
+            t.tau = tau
+        if sla_ms is not None:
+            t.sla_ms = sla_ms
+    return cfg

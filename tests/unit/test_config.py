@@ -148,3 +148,19 @@ def test_models_json(tmp_path: Path) -> None:
 def test_local_cpu_yaml_is_plain_yaml() -> None:
     raw = yaml.safe_load((ROOT / "examples" / "local-cpu.yaml").read_text())
     assert [t["price_in"] for t in raw["tiers"]] == [0.01, 0.10, 0.80, 8.00]
+
+
+def test_config_for_matrix_choice(tmp_path: Path) -> None:
+    from routenlp.config import config_for_matrix
+
+    models = tmp_path / "models.json"
+    models.write_text(json.dumps([{"name": "a", "price_in_per_1m": 1, "price_out_per_1m": 1},
+                                  {"name": "b", "price_in_per_1m": 2, "price_out_per_1m": 2}]))
+    with pytest.raises(ConfigError, match="exactly one of --config"):
+        config_for_matrix(None, None, ["t"])
+    cfg = config_for_matrix(None, models, ["t"], tau=0.5, sla_ms=300)
+    assert cfg.task("t").tau == 0.5 and cfg.task("t").sla_ms == 300
+    yml = tmp_path / "c.yaml"
+    yml.write_text(yaml.safe_dump(base()))
+    cfg = config_for_matrix(yml, None, ["qa"], tau=0.7)
+    assert cfg.task("qa").tau == 0.7

@@ -17,7 +17,6 @@ from routenlp.matrix import (
     repair_tail,
     write_matrix,
 )
-from routenlp.paths import shared_data_dir
 from routenlp.tiers.base import Generation, token_uncertainty
 
 

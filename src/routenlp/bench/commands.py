@@ -27,21 +27,10 @@ def load_eval_config(
     latency_profile: Path | None = None,
 ) -> EnsembleConfig:
     """--config or --models (+ --tau/--sla-ms overrides and an optional latency profile)."""
-    from routenlp.config import config_from_models_json, load_config
+    from routenlp.config import config_for_matrix
     from routenlp.matrix import matrix_tasks
 
-    if (config is None) == (models is None):
-        raise ConfigError("give exactly one of --config (an ensemble YAML) or --models (models.json)")
-    if config is not None:
-        cfg = load_config(config)
-        for t in cfg.tasks:
-            if tau is not None:
-                t.tau = tau
-            if sla_ms is not None:
-                t.sla_ms = sla_ms
-    else:
-        assert models is not None
-        cfg = config_from_models_json(models, matrix_tasks(rows), tau=tau, sla_ms=sla_ms)
+    cfg = config_for_matrix(config, models, matrix_tasks(rows), tau=tau, sla_ms=sla_ms)
     if latency_profile is not None:
         apply_latency_profile(cfg, latency_profile)
     return cfg

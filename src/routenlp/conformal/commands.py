@@ -8,27 +8,10 @@ import typer
 from rich.table import Table
 
 from routenlp.cli_utils import console
-from routenlp.config import EnsembleConfig, config_from_models_json, load_config
+from routenlp.config import config_for_matrix
 from routenlp.conformal.thresholds import Thresholds
 from routenlp.errors import ConfigError
-from routenlp.matrix import MatrixRow, matrix_tasks, read_matrix
-
-
-def _load(
-    config: Path | None, models: Path | None, rows: list[MatrixRow], tau: float | None
-) -> EnsembleConfig:
-    if (config is None) == (models is None):
-        raise ConfigError(
-            "give exactly one of --config (an ensemble YAML) or --models (models.json)"
-        )
-    if config is not None:
-        cfg = load_config(config)
-        if tau is not None:
-            for t in cfg.tasks:
-                t.tau = tau
-        return cfg
-    assert models is not None
-    return config_from_models_json(models, matrix_tasks(rows), tau=tau)
+from routenlp.matrix import matrix_tasks, read_matrix
 
 
 def _fmt(x: float | None, digits: int = 4) -> str:
@@ -95,7 +78,7 @@ def register(app: typer.Typer) -> None:
         rows = read_matrix(matrix)
         if not rows:
             raise ConfigError(f"quality matrix {matrix} is empty")
-        cfg = _load(config, models, rows, tau)
+        cfg = config_for_matrix(config, models, matrix_tasks(rows), tau=tau)
         a = alpha if alpha is not None else (cfg.cascade.alpha if config else 0.05)
         m = method or (cfg.cascade.method if config else "crc")
         dc = delta_conf if delta_conf is not None else cfg.cascade.delta_conf
@@ -144,7 +127,7 @@ def register(app: typer.Typer) -> None:
         rows = read_matrix(matrix)
         if limit:
             rows = rows[:limit]
-        cfg = _load(config, models, rows, tau)
+        cfg = config_for_matrix(config, models, matrix_tasks(rows), tau=tau)
         default = cfg.tier_names[:-1] or cfg.tier_names
         use = [t.strip() for t in tiers.split(",")] if tiers else default
         for t in use:

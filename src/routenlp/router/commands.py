@@ -11,20 +11,6 @@ from routenlp.cli_utils import console, err_console, friendly_errors, progress, 
 from routenlp.errors import ConfigError
 
 
-def _config(config: Optional[Path], models: Optional[Path], tasks: list[str], tau: Optional[float]):  # noqa: ANN202
-    from routenlp.config import config_from_models_json, load_config
-
-    if (config is None) == (models is None):
-        raise ConfigError("give exactly one of --config (an ensemble YAML) or --models (models.json)")
-    if config is not None:
-        cfg = load_config(config)
-        if tau is not None:
-            for t in cfg.tasks:
-                t.tau = tau
-        return cfg
-    return config_from_models_json(models, tasks, tau=tau)
-
-
 def register(app: typer.Typer) -> None:
     from routenlp.cli_groups import bench_app
 
@@ -48,13 +34,14 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Train the task-aware router from a quality matrix."""
+        from routenlp.config import config_for_matrix
         from routenlp.matrix import matrix_tasks, read_matrix
         from routenlp.router.train import report_table, train_router
 
         if label_fallback not in ("top", "best"):
             raise ConfigError(f"--label-fallback must be 'top' or 'best', got {label_fallback!r}")
         rows = read_matrix(matrix)
-        cfg = _config(config, models, matrix_tasks(rows), tau)
+        cfg = config_for_matrix(config, models, matrix_tasks(rows), tau=tau)
         if store is not None:
             cfg.store.url = store
         with progress() as prog:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import json
 
-import json
 import math
 from collections.abc import Sequence
 from typing import Any, Literal

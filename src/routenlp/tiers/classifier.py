@@ -107,27 +107,11 @@ def _head_exists(directory: Path) -> bool:
 
 
 def read_task_rows(path: str | Path) -> list[dict[str, Any]]:
-    """Task JSONL rows (`{"id","task","input","reference"}`); a directory means its train.jsonl."""
+    """Labelled task rows for fitting; a directory means its train.jsonl."""
+    from routenlp.workloads.io import load_task_rows
+
     p = Path(path)
-    if p.is_dir():
-        p = p / "train.jsonl"
-    if not p.exists():
-        raise DataError(f"training data not found: {p}")
-    rows: list[dict[str, Any]] = []
-    with p.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{p}:{lineno}: not valid JSON ({err.msg})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{p}:{lineno}: expected a JSON object")
-            for key in ("task", "input", "reference"):
-                if key not in obj:
-                    raise DataError(f"{p}:{lineno}: missing key {key!r}")
-            rows.append(obj)
+    rows = load_task_rows(p / "train.jsonl" if p.is_dir() else p)
     if not rows:
         raise DataError(f"training data {p} has no rows")
     return rows
