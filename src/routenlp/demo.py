@@ -106,7 +106,8 @@ def register(app: typer.Typer) -> None:
         with progress() as bar:
             tid = bar.add_task("labelling", total=len(rows))
             label_rows(cfg, rows, matrix_path, on_progress=lambda n: bar.advance(tid, n))
-        matrix = read_matrix(matrix_path)
+        wanted = {str(r["id"]) for r in rows}  # a re-run with a smaller --n-per-task
+        matrix = [r for r in read_matrix(matrix_path) if r.id in wanted]
         print_summary(summarise(matrix, cfg.tier_names), title="Per task, per tier")
 
         train, cal, test = _split_matrix(matrix, seed, (0.35, 0.35))
