@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import zlib
+
 import numpy as np
 import pytest
 
@@ -33,7 +35,7 @@ def fake_embed(texts: Sequence[str]) -> np.ndarray:
             out[i, 1] = 1.0
         elif t:
             out[i, 0] = 1.0
-        out[i, 2] = (hash(t) % 7) / 70.0  # a little per-text noise
+        out[i, 2] = (zlib.crc32(t.encode()) % 7) / 70.0  # a little per-text noise, seeded
     return out
 
 
@@ -123,3 +125,23 @@ def test_automix_verifies_small_answer() -> None:
     bl.fit(TRAIN, c)
     assert bl.route(TEST, c) == EXPECT_CASCADE
     assert any("confidence" in n for n in c.notes)
+
+
+def test_automix_uses_recorded_confidence_after_frugalgpt_cached_a_scorer() -> None:
+    """Regression: with recorded small-tier uncertainty and an answer scorer already cached
+    by another baseline in the same run, AutoMix must not look up cross-fitted scores."""
+
+    def with_risk(rs: list[MatrixRow]) -> list[MatrixRow]:
+        for r in rs:
+            t1 = r.outcomes["T1"]
+            t1.uncertainty = 0.9 if t1.quality == 0.0 else 0.1
+        return rs
+
+    train = MatrixView.build(CFG, with_risk(rows(60, "tr")))
+    test = MatrixView.build(CFG, with_risk(rows(10, "te")))
+    c = ctx()
+    registered()["frugalgpt"]().fit(train, c)  # caches the answer scorer in the context
+    bl = registered()["automix"]()
+    bl.fit(train, c)
+    assert bl.route(test, c) == EXPECT_CASCADE
+    assert any("recorded confidence" in n for n in c.notes)

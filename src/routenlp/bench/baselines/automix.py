@@ -81,10 +81,12 @@ class AutoMix(TwoModelRouter):
 
     def _scorer_scores(self, view: MatrixView, ctx: Context) -> np.ndarray:
         """Cross-fitted scores for train rows (while fitting), fitted scorer otherwise."""
-        if not self._oof and "answer_scorer" not in ctx.cache:
-            return np.zeros((view.n, view.k))
         if self._in_fit:
+            if not self._oof:  # recorded confidence stands in: scorer scores are unused
+                return np.zeros((view.n, view.k))
             return np.stack([self._oof[r.id] for r in view.rows])
+        if "answer_scorer" not in ctx.cache:
+            return np.zeros((view.n, view.k))
         return scores_for(view, ctx)
 
     def fit_model(self, train: MatrixView, ctx: Context) -> Any:
