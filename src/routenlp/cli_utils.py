@@ -22,8 +22,10 @@ from rich.progress import (
 
 from routenlp.errors import RouteNLPError
 
-console = Console()
-err_console = Console(stderr=True)
+# Piped output (CI logs, `make demo > log`) gets a wide fixed width instead of rich's 80
+# columns, so result tables keep one line per row.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
