@@ -17,6 +17,18 @@ SLA rules (all use each tier's expected latency = its p50):
     p50(k) + p_esc(k) * p50(k+1) > sla_ms while p50(k+1) <= sla_ms, start at k+1 instead
     (repeated upward). The expected cost of the likely escalation path is what blows the
     SLA, so paying for the next tier directly is the better bet.
+Escalation ladder (`ladder=`): the tiers a request may climb, cheapest first; the last
+rung is the task's top and accepts unconditionally.
+  * "frontier" (default when the router exposes `ladder(task)`): the tiers on the task's
+    train cost-quality frontier (a tier both pricier and not better on the training matrix
+    than another serving tier is dropped). Climbing through dominated tiers only pays for
+    answers that are no better, and where the priciest tier is not the best (public
+    routing matrices), ending at it serves a worse answer at the highest price.
+  * "all": every serving tier in config (cost) order, the top being the most expensive.
+    Used when no router / no frontier is available (the router does not know the task).
+  The router's chosen tier is on its ladder (the success rule picks among the frontier);
+  when it is not (label rule, another tier list), the request starts at the cheapest ladder
+  tier at or above it in cost, or the ladder's top when none is.
 Latency of a request = sum of the attempted tiers' `Generation.latency_s` (replay tiers give
 recorded latency); router/cascade overhead is reported separately as `overhead_ms`.
 """
@@ -29,7 +41,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from routenlp.config import EnsembleConfig, TaskConfig
 from routenlp.conformal.estimator import QualityEstimator
@@ -44,6 +56,7 @@ OBSERVED_WINDOW = 256
 STORE_PROFILE_TTL_S = 60.0
 
 RequestBuilder = Callable[[TaskConfig, str, str | None], Request]
+LadderMode = Literal["frontier", "all"]
 
 
 class _Router(Protocol):
@@ -73,6 +86,8 @@ class CascadeResult:
     p_escalate: float | None = None
     overhead_ms: float = 0.0
     meta: dict[str, Any] = field(default_factory=dict)
+    ladder: list[str] = field(default_factory=list)
+    ladder_mode: str = "all"
 
     @property
     def quality(self) -> float | None:
@@ -95,6 +110,8 @@ class CascadeResult:
             "sla_ms": self.sla_ms,
             "sla_met": self.sla_met,
             "escalated": self.escalated,
+            "ladder": list(self.ladder),
+            "ladder_mode": self.ladder_mode,
             "output": self.generation.text,
             "quality": self.generation.quality,
             "usage": {
@@ -153,7 +170,17 @@ class Cascade:
         online: OnlineThresholds | None = None,
         estimator: QualityEstimator | None = None,
         request_builder: RequestBuilder | None = None,
+        ladder: LadderMode | None = None,
     ) -> None:
+        if ladder not in (None, "frontier", "all"):
+            raise ConfigError(f"cascade: ladder must be 'frontier' or 'all', got {ladder!r}")
+        has_frontier = router is not None and callable(getattr(router, "ladder", None))
+        if ladder == "frontier" and not has_frontier:
+            raise ConfigError(
+                "cascade: ladder='frontier' needs a router exposing ladder(task) (the per-task "
+                "train cost-quality frontier)",
+                hint="pass the trained router, or use ladder='all'",
+            )
         missing = [t for t in config.tier_names if t not in tiers]
         if missing:
             raise ConfigError(
@@ -181,6 +208,7 @@ class Cascade:
         self.online = online
         self.estimator = estimator
         self.sla_aware = sla_aware
+        self.ladder_mode: LadderMode = ladder or ("frontier" if has_frontier else "all")
         self.store = store
         self._latency: dict[str, float] = {}
         for name, prof in (latency or {}).items():
@@ -228,6 +256,17 @@ class Cascade:
             self._observed.setdefault(tier, deque(maxlen=OBSERVED_WINDOW)).append(ms)
 
     # -- policy --------------------------------------------------------------------------
+    def ladder_for(self, task: str) -> tuple[list[str], LadderMode]:
+        """The task's escalation ladder (cheapest first; the last tier accepts
+        unconditionally) and the mode it came from ("all" when the frontier is unknown)."""
+        serving = [t.name for t in self.config.tiers_for(task)]
+        if self.ladder_mode == "frontier" and self.router is not None:
+            frontier = set(self.router.ladder(task))  # type: ignore[attr-defined]
+            rungs = [t for t in serving if t in frontier]
+            if rungs:
+                return rungs, "frontier"
+        return serving, "all"
+
     def _delta(self, task: str, tier: str) -> float | None:
         if self.online is not None and self.online.has(task, tier):
             return self.online.delta(task, tier)
@@ -254,30 +293,37 @@ class Cascade:
             gen.error = "empty answer"
         return gen, lat_ms
 
+    def _at_or_above(self, ladder: list[str], tier: str) -> int:
+        """Index of the cheapest ladder tier at or above `tier` in cost order (the top when
+        none is; the cheapest when `tier` is not configured at all)."""
+        if tier in ladder:
+            return ladder.index(tier)
+        order = self.config.tier_names
+        pos = order.index(tier) if tier in order else 0
+        for i, name in enumerate(ladder):
+            if order.index(name) >= pos:
+                return i
+        return len(ladder) - 1
+
     def _start(
-        self, task: str, query: str, serving: list[str], start_tier: str | None
+        self, task: str, query: str, ladder: list[str], start_tier: str | None
     ) -> tuple[int, str | None, dict[str, float] | None, float | None]:
         if start_tier is not None:
+            serving = [t.name for t in self.config.tiers_for(task)]
             if start_tier not in serving:
                 raise ConfigError(
                     f"start tier {start_tier!r} does not serve task {task!r}; "
                     f"serving tiers: {serving}"
                 )
-            return serving.index(start_tier), None, None, None
+            return self._at_or_above(ladder, start_tier), None, None, None
         if self.router is None:
             return 0, None, None, None
         dec = self.router.decide(task, query)
         probs = {str(k): float(v) for k, v in (getattr(dec, "probs", None) or {}).items()}
         p_esc = getattr(dec, "p_escalate", None)
-        if dec.tier in serving:
-            return serving.index(dec.tier), dec.tier, probs, p_esc
-        # a router trained on another tier list: start at the first serving tier above it
-        order = self.config.tier_names
-        pos = order.index(dec.tier) if dec.tier in order else 0
-        for i, name in enumerate(serving):
-            if order.index(name) >= pos:
-                return i, dec.tier, probs, p_esc
-        return len(serving) - 1, dec.tier, probs, p_esc
+        # off-ladder choice (label rule, a router trained on another tier list): start at
+        # the cheapest ladder tier at or above it
+        return self._at_or_above(ladder, dec.tier), dec.tier, probs, p_esc
 
     def run(
         self, task: str, query: str, *, id: str | None = None, start_tier: str | None = None
@@ -285,7 +331,7 @@ class Cascade:
         """Serve one query; raises TierError only when the top tier fails too."""
         t_begin = time.perf_counter()
         task_cfg = self.config.task(task)
-        serving = [t.name for t in self.config.tiers_for(task)]
+        serving, ladder_mode = self.ladder_for(task)  # the escalation ladder, cheapest first
         i, router_tier, probs, p_esc = self._start(task, query, serving, start_tier)
         sla = float(task_cfg.sla_ms)
         steps: list[dict[str, Any]] = []
@@ -391,22 +437,26 @@ class Cascade:
             router_tier=router_tier,
             p_escalate=p_esc,
             overhead_ms=max(0.0, overhead),
+            ladder=list(serving),
+            ladder_mode=ladder_mode,
         )
 
     # -- feedback ------------------------------------------------------------------------
     def feedback(self, record: CascadeResult | Mapping[str, Any], quality: float) -> int:
         """Audited quality of a served answer -> online threshold updates.
 
-        Every attempted non-top step of the request is one ACI step for its (task, tier):
-        err = 1 iff that tier accepted the answer and quality < tau. Returns the number of
-        updates made (0 without online adaptation).
+        Every attempted non-top step of the request (top = the last rung of the request's
+        ladder, which accepts unconditionally) is one ACI step for its (task, tier): err = 1
+        iff that tier accepted the answer and quality < tau. Returns the number of updates
+        made (0 without online adaptation).
         """
         if self.online is None:
             return 0
         rec = record.to_record() if isinstance(record, CascadeResult) else record
         task = str(rec["task"])
         tau = self.config.task(task).tau
-        top = self.config.tiers_for(task)[-1].name
+        ladder = rec.get("ladder") or [t.name for t in self.config.tiers_for(task)]
+        top = ladder[-1]
         bad = quality < tau
         n = 0
         for s in rec.get("steps", []):

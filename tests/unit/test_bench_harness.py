@@ -6,7 +6,15 @@ from dataclasses import dataclass
 
 import pytest
 
-from routenlp.bench.harness import evaluate, modelled_latency_ms, prepare_rows, resolve_baselines
+from routenlp.bench.harness import (
+    LABEL_COST_BIASES,
+    SUCCESS_COST_BIASES,
+    default_cost_biases,
+    evaluate,
+    modelled_latency_ms,
+    prepare_rows,
+    resolve_baselines,
+)
 from routenlp.config import parse_config
 from routenlp.conformal import ThresholdEntry, Thresholds
 from routenlp.errors import ConfigError
@@ -151,3 +159,66 @@ def test_html_report_is_self_contained(tmp_path) -> None:
     assert "src=\"http" not in page
     table = results_table(payload)
     assert table.row_count == len(payload["systems"])
+
+
+CFG3 = parse_config(
+    {
+        "tiers": [
+            {"name": "T1", "kind": "replay", "price_in": 0.1, "price_out": 0.1},
+            {"name": "T2", "kind": "replay", "price_in": 1.0, "price_out": 1.0},
+            {"name": "T3", "kind": "replay", "price_in": 5.0, "price_out": 5.0},
+        ],
+        "tasks": [{"name": "qa", "tau": 1.0, "sla_ms": 5000}],
+    }
+)
+
+
+def rows3(n: int = 10) -> list[MatrixRow]:
+    """T3 is the most expensive and the worst (a llmrouter_14task-like matrix)."""
+    out = []
+    for r in rows(n):
+        o = dict(r.outcomes)
+        o["T3"] = Outcome(quality=0.0, cost=50.0, latency_s=1.0, response="c")
+        out.append(r.model_copy(update={"outcomes": o}))
+    return out
+
+
+class FrontierRouter(ScriptedRouter):
+    """Success-rule router whose train frontier for qa is T1, T2 (T3 dominated)."""
+
+    rule = "success"
+    tiers = ["T1", "T2", "T3"]
+
+    def ladder(self, task: str) -> list[str]:
+        return ["T1", "T2"]
+
+
+def test_sweep_grid_follows_the_router_rule() -> None:
+    assert default_cost_biases(FrontierRouter()) == SUCCESS_COST_BIASES
+    assert default_cost_biases(ScriptedRouter()) == LABEL_COST_BIASES  # no rule: label units
+    assert min(SUCCESS_COST_BIASES) >= -0.2 and max(SUCCESS_COST_BIASES) <= 1.5
+    assert sum(1 for b in SUCCESS_COST_BIASES if 0 <= b <= 0.1) >= 6  # dense near 0
+    res = evaluate(
+        CFG3, rows3(), router=FrontierRouter(), thresholds=THR, baselines="none", count_tokens=len
+    )
+    assert len(res.systems["routenlp"].curve) == len(set(SUCCESS_COST_BIASES) | {0.0})
+    assert any("'success'" in n and "frontier" in n for n in res.notes)
+
+
+def test_frontier_ladder_skips_the_dominated_top_tier() -> None:
+    res = evaluate(CFG3, rows3(), router=FrontierRouter(), thresholds=THR, baselines="none",
+                   reference="best", count_tokens=len)
+    assert res.reference == "always-T2"
+    s = res.systems["routenlp"]
+    # easy rows accepted at T1 (cost 1), hard rows escalate to T2, the ladder's top (1 + 10)
+    assert s.tier_shares == {"T1": 0.5, "T2": 0.5, "T3": 0.0}
+    assert s.quality_ratio == pytest.approx(1.0)
+    assert s.cost_ratio == pytest.approx((5 * 1 + 5 * 11) / 100)
+    assert s.operating_point["ladder"] == "frontier"
+    # the old ladder climbs T1 -> T2 -> T3 and serves T3's bad answer at the highest price
+    old = res.systems["routenlp-all-tiers"]
+    assert old.tier_shares["T3"] == pytest.approx(0.5)
+    assert old.cost_ratio == pytest.approx((5 * 1 + 5 * 61) / 100)
+    assert old.quality_ratio == pytest.approx(0.5)
+    # cascade-from-T1 uses the same frontier ladder
+    assert res.systems["routenlp-cascade-from-t1"].tier_shares["T3"] == 0.0

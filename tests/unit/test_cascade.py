@@ -279,3 +279,83 @@ def test_thread_safe_concurrent_runs(config: EnsembleConfig) -> None:
         assert r.id == str(i)
         assert r.tier == ("T1" if i % 2 else "T2")
         assert math.isclose(r.total_cost, 0.01 if i % 2 else 0.02)
+
+
+class FrontierRouter(FakeRouter):
+    """A FakeRouter that also exposes the per-task frontier ladder, like Router.ladder."""
+
+    def __init__(self, tier: str, ladder: list[str]) -> None:
+        super().__init__(tier)
+        self._ladder = ladder
+
+    def ladder(self, task: str) -> list[str]:
+        return list(self._ladder)
+
+
+def test_ladder_skips_a_dominated_tier(config: EnsembleConfig) -> None:
+    # T2 is off the frontier (pricier than T1 and not better): T1 rejects -> straight to T3
+    ts = tiers(config, T1=gen(0.9, cost=0.001), T2=gen(0.0, cost=0.01), T3=gen(0.5, cost=0.1))
+    cas = Cascade(config, ts, router=FrontierRouter("T1", ["T1", "T3"]), thresholds=thresholds())
+    res = cas.run("qa", "q")
+    assert [s["tier"] for s in res.steps] == ["T1", "T3"]
+    assert res.tier == "T3" and res.total_cost == pytest.approx(0.101)
+    assert ts["T2"].calls == []  # type: ignore[attr-defined]
+    rec = res.to_record()
+    assert rec["ladder"] == ["T1", "T3"] and rec["ladder_mode"] == "frontier"
+    # a router choice off the ladder starts at the cheapest ladder tier at or above it
+    ts2 = tiers(config, T3=gen(0.5))
+    cas2 = Cascade(config, ts2, router=FrontierRouter("T2", ["T1", "T3"]), thresholds=thresholds())
+    res2 = cas2.run("qa", "q")
+    assert res2.router_tier == "T2" and res2.start_tier == "T3"
+    assert [s["tier"] for s in res2.steps] == ["T3"]
+
+
+def test_ladder_top_accepts_unconditionally(config: EnsembleConfig) -> None:
+    # the frontier ends at T2 (T3 pricier and not better): T2 is the top and accepts any u,
+    # even with no threshold; the most expensive tier is never called
+    ts = tiers(config, T1=gen(0.9, cost=0.001), T2=gen(0.99, cost=0.01))
+    router = FrontierRouter("T1", ["T1", "T2"])
+    cas = Cascade(config, ts, router=router, thresholds=thresholds(d2=None))
+    res = cas.run("qa", "q")
+    assert res.tier == "T2" and res.steps[-1]["accepted"] and res.steps[-1]["threshold"] is None
+    assert ts["T3"].calls == []  # type: ignore[attr-defined]
+    assert cas.ladder_for("qa") == (["T1", "T2"], "frontier")
+    # one-rung ladder: the router's tier is the top, served without an uncertainty check
+    one = Cascade(
+        config, tiers(config, T2=gen(0.99)), router=FrontierRouter("T2", ["T2"]), thresholds=thresholds()
+    )
+    r1 = one.run("qa", "q")
+    assert r1.tier == "T2" and not r1.escalated and r1.steps[0]["accepted"]
+
+
+def test_ladder_fallback_without_frontier_is_all_tiers(config: EnsembleConfig) -> None:
+    ts = tiers(config, T1=gen(0.9), T2=gen(0.9), T3=gen(0.99))
+    # no router / a router without ladder(): every serving tier in cost order, as before
+    for router in (None, FakeRouter("T1")):
+        cas = Cascade(config, ts, router=router, thresholds=thresholds())
+        res = cas.run("qa", "q")
+        assert [s["tier"] for s in res.steps] == ["T1", "T2", "T3"] and res.tier == "T3"
+        assert res.to_record()["ladder_mode"] == "all"
+    # explicit ladder="all" ignores the router's frontier; an empty frontier (unknown task)
+    # falls back to all serving tiers
+    frontier = FrontierRouter("T1", ["T1", "T3"])
+    res = Cascade(config, ts, router=frontier, thresholds=thresholds(), ladder="all").run("qa", "q")
+    assert [s["tier"] for s in res.steps] == ["T1", "T2", "T3"]
+    res = Cascade(config, ts, router=FrontierRouter("T1", []), thresholds=thresholds()).run("qa", "q")
+    assert res.ladder == ["T1", "T2", "T3"] and res.ladder_mode == "all"
+    with pytest.raises(ConfigError):
+        Cascade(config, ts, router=FakeRouter("T1"), thresholds=thresholds(), ladder="frontier")
+    with pytest.raises(ConfigError):
+        Cascade(config, ts, thresholds=thresholds(), ladder="cheapest")  # type: ignore[arg-type]
+
+
+def test_feedback_skips_the_ladder_top(config: EnsembleConfig) -> None:
+    ts = tiers(config, T1=gen(0.9), T2=gen(0.99))
+    th = thresholds()
+    online = OnlineThresholds(th, gamma=0.1)
+    router = FrontierRouter("T1", ["T1", "T2"])
+    cas = Cascade(config, ts, router=router, thresholds=th, online=online)
+    res = cas.run("qa", "q")
+    assert res.tier == "T2"
+    assert cas.feedback(res, quality=0.0) == 1  # T1 only: T2 is this request's top
+    assert online.status()["pairs"]["qa"]["T2"]["steps"] == 0

@@ -16,9 +16,11 @@ Missing data is filled once, before anything runs, and the report says so:
   (`latency_p50_ms`, and `latency_p99_ms` for a log-normal spread; seeded per query and
   tier) ("modelled latency"); with neither, latency metrics are null.
 
-Operating points: RouteNLP is swept over the router's `cost_bias` knob (and over alpha
-when calibration rows are given: one calibration per alpha), each baseline over its own
-knob; each system's table row is at its default point and its curve is all its points.
+Operating points: RouteNLP is swept over the router's `cost_bias` knob on a grid in the
+units of the router's decision rule (`default_cost_biases`), and over alpha when
+calibration rows are given (one calibration per alpha); each baseline over its own knob.
+Same protocol for every system: its table row is at its default point (chosen without the
+test split) and its curve is all its swept points on the test split.
 """
 
 from __future__ import annotations
@@ -49,13 +51,25 @@ from routenlp.matrix import MatrixRow, Outcome
 from routenlp.tiers.base import Request
 
 ASSUMED_OUTPUT_TOKENS = 128
-# cost_bias b: argmax_k log p_k - b * c_k / c_K (router.inference); c_k / c_K spans ~0.01-1,
-# so separating cheap tiers needs large b
-DEFAULT_COST_BIASES: tuple[float, ...] = (-2.0, -1.0, 0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+# rule "label": argmax_k log p_k - b * c_k / c_K (router.inference); log-prob units and
+# c_k / c_K spans ~0.01-1, so separating cheap tiers needs large b
+LABEL_COST_BIASES: tuple[float, ...] = (-2.0, -1.0, 0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+# rule "success": argmax_k P(success_k) - b * c_k / c_K; b is the success probability given
+# up for a full top-tier price (~0..1), and most of the cost range moves for small b (the
+# router's own selection grid is 0..1.5 in steps of 0.01), so the grid is dense near 0
+SUCCESS_COST_BIASES: tuple[float, ...] = (
+    -0.2, -0.05, 0.0, 0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5,
+)
+DEFAULT_COST_BIASES = LABEL_COST_BIASES  # kept for callers of the old name (label rule)
 DEFAULT_ALPHAS: tuple[float, ...] = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3)
 LEARNED_BASELINES = ("frugalgpt", "hybrid-llm", "routellm-mf", "routellm-bert", "automix")
 ALL_BASELINES = ("random", "oracle", *LEARNED_BASELINES)
-ABLATIONS = ("routenlp-router-only", "routenlp-cascade-from-t1", "routenlp-no-sla")
+ABLATIONS = (
+    "routenlp-router-only",
+    "routenlp-cascade-from-t1",
+    "routenlp-no-sla",
+    "routenlp-all-tiers",
+)
 ProgressFn = Callable[[str, int, int], None]
 CountTokens = Callable[[Sequence[str]], list[int]]
 
@@ -85,6 +99,12 @@ class EvalResults(BaseModel):
         key = "cost_ratio_at_quality_0.97"
         items = [(n, m.get(key)) for n, m in self.matched.items() if n not in exclude]
         return sorted(items, key=lambda x: (x[1] is None, x[1] if x[1] is not None else 0.0))
+
+
+def default_cost_biases(router: Any) -> tuple[float, ...]:
+    """The cost_bias sweep grid in the units of the router's decision rule."""
+    rule = getattr(router, "rule", "label")
+    return SUCCESS_COST_BIASES if rule == "success" else LABEL_COST_BIASES
 
 
 # -- data preparation ------------------------------------------------------------------
@@ -247,6 +267,9 @@ class _FixedBiasRouter:
     def __init__(self, router: Any, tasks: Sequence[str], texts: Sequence[str], bias: float | None) -> None:
         self.router = router
         self.bias = bias
+        self.rule = getattr(router, "rule", None)
+        if callable(getattr(router, "ladder", None)):
+            self.ladder = router.ladder  # the Cascade's per-task frontier ladder
         decisions = router.decide_batch(list(tasks), list(texts), cost_bias=bias)
         self._by_key = {(t, x): d for t, x, d in zip(tasks, texts, decisions)}
 
@@ -294,8 +317,13 @@ def run_cascade(
     latency: Mapping[str, float] | None,
     estimator: Any = None,
     start_at_first: bool = False,
+    ladder: str | None = None,
 ) -> list[Served]:
-    """Replay every test query through a fresh Cascade over replay tiers."""
+    """Replay every test query through a fresh Cascade over replay tiers.
+
+    `start_at_first`: no router decision; each query starts at the cheapest tier of its
+    ladder (the router still supplies the frontier ladder when one is given).
+    `ladder`: the Cascade's ladder option (None: frontier when the router provides it)."""
     from routenlp.cascade import Cascade
     from routenlp.tiers.replay import build_replay_tiers
 
@@ -303,22 +331,24 @@ def run_cascade(
     cascade = Cascade(
         config,
         tiers,
-        router=None if start_at_first else router,
+        router=router,
         thresholds=thresholds,
         latency=latency,
         sla_aware=sla_aware,
         estimator=estimator,
         request_builder=_request_builder,
+        ladder=ladder,  # type: ignore[arg-type]
     )
     pos = {t: j for j, t in enumerate(view.tiers)}
     out: list[Served] = []
     for i, row in enumerate(view.rows):
         try:
-            res = cascade.run(row.task, row.prompt, id=row.id)
+            start = cascade.ladder_for(row.task)[0][0] if start_at_first else None
+            res = cascade.run(row.task, row.prompt, id=row.id, start_tier=start)
         except TierError as err:  # the top tier has no usable answer: a failed request
             steps = getattr(err, "steps", [])
             tried = [s["tier"] for s in steps if s.get("skipped_reason") is None]
-            top = config.tiers_for(row.task)[-1].name
+            top = tried[-1] if tried else cascade.ladder_for(row.task)[0][-1]
             out.append(
                 Served(
                     id=row.id,
@@ -408,7 +438,7 @@ def evaluate(
     seed: int = 13,
     estimator: Any = None,
     cal_rows: Sequence[MatrixRow] | None = None,
-    cost_biases: Sequence[float] = DEFAULT_COST_BIASES,
+    cost_biases: Sequence[float] | None = None,
     alphas: Sequence[float] = DEFAULT_ALPHAS,
     embed: EmbedFn | None = None,
     count_tokens: CountTokens | None = None,
@@ -416,8 +446,14 @@ def evaluate(
     matrix_name: str = "",
     target_quality_ratio: float = 0.97,
     progress: ProgressFn | None = None,
+    ladder: str | None = None,
 ) -> EvalResults:
-    """Evaluate RouteNLP (via the Cascade), its ablations and the baselines on one split."""
+    """Evaluate RouteNLP (via the Cascade), its ablations and the baselines on one split.
+
+    `cost_biases`: the RouteNLP sweep grid (default: `default_cost_biases(router)`, in the
+    units of the router's rule). `ladder`: the Cascade's escalation ladder ("frontier" |
+    "all"; None = frontier when the router provides it); "routenlp-all-tiers" always runs the
+    all-tiers ladder for comparison."""
     if not test_rows:
         raise DataError("the test matrix is empty")
     if reference not in ("top", "best"):
@@ -500,7 +536,8 @@ def evaluate(
     if router is not None:
         rt_tasks = [r.task for r in test.rows]
         rt_texts = [r.prompt for r in test.rows]
-        biases = sorted({float(b) for b in cost_biases} | {float(default_bias)})
+        grid = default_cost_biases(router) if cost_biases is None else cost_biases
+        biases = sorted({float(b) for b in grid} | {float(default_bias)})
         routers = {}
         for k, b in enumerate(biases):
             routers[b] = _FixedBiasRouter(router, rt_tasks, rt_texts, b)
@@ -520,23 +557,33 @@ def evaluate(
         pts_router: list[list[float]] = []
         pts_nosla: list[list[float]] = []
         pts_t1: list[list[float]] = []
+        pts_all: list[list[float]] = []
         total = len(biases) * len(thr_by_alpha)
         done = 0
+        def replay(rt: Any, thr: Any, **kw: Any) -> list[Served]:
+            kw.setdefault("sla_aware", sla_aware)
+            kw.setdefault("ladder", ladder)
+            return run_cascade(config, test, router=rt, thresholds=thr, latency=lat, estimator=estimator, **kw)
+
         for a, thr in thr_by_alpha.items():
-            t1 = run_cascade(config, test, router=None, thresholds=thr, sla_aware=sla_aware, latency=lat, estimator=estimator, start_at_first=True)
+            t1 = replay(routers[default_bias], thr, start_at_first=True)
             pts_t1.append(point(t1))
             if a is None:
                 records["routenlp-cascade-from-t1"] = t1
             for b in biases:
-                recs = run_cascade(config, test, router=routers[b], thresholds=thr, sla_aware=sla_aware, latency=lat, estimator=estimator)
+                recs = replay(routers[b], thr)
                 pts.append(point(recs))
                 if a is None and b == default_bias:
                     records["routenlp"] = recs
                 if a is None:
-                    nos = run_cascade(config, test, router=routers[b], thresholds=thr, sla_aware=False, latency=lat, estimator=estimator)
+                    nos = replay(routers[b], thr, sla_aware=False)
                     pts_nosla.append(point(nos))
                     if b == default_bias:
                         records["routenlp-no-sla"] = nos
+                    alls = replay(routers[b], thr, ladder="all")
+                    pts_all.append(point(alls))
+                    if b == default_bias:
+                        records["routenlp-all-tiers"] = alls
                 done += 1
                 step("RouteNLP cascade sweep", done, total)
         for b in biases:
@@ -548,19 +595,33 @@ def evaluate(
         curves["routenlp-router-only"] = pts_router
         curves["routenlp-no-sla"] = pts_nosla
         curves["routenlp-cascade-from-t1"] = pts_t1
-        op: dict[str, float | str | None] = {"cost_bias": default_bias, "alpha": getattr(thresholds, "alpha", None)}
+        curves["routenlp-all-tiers"] = pts_all
+        has_frontier = callable(getattr(router, "ladder", None))
+        ladder_mode = "frontier" if ladder in (None, "frontier") and has_frontier else "all"
+        alpha0 = getattr(thresholds, "alpha", None)
+        op: dict[str, float | str | None] = {"cost_bias": default_bias, "alpha": alpha0, "ladder": ladder_mode}
         points["routenlp"] = op
         points["routenlp-no-sla"] = dict(op)
         points["routenlp-router-only"] = {"cost_bias": default_bias}
-        points["routenlp-cascade-from-t1"] = {"alpha": getattr(thresholds, "alpha", None)}
+        points["routenlp-cascade-from-t1"] = {"alpha": alpha0, "ladder": ladder_mode}
+        points["routenlp-all-tiers"] = {"cost_bias": default_bias, "alpha": alpha0, "ladder": "all"}
         descriptions["routenlp"] = "router -> conformal cascade (SLA-aware), replayed through Cascade"
         descriptions["routenlp-router-only"] = "ablation: router decision served as is (no cascade)"
-        descriptions["routenlp-cascade-from-t1"] = "ablation: cascade from the cheapest tier (no router)"
+        descriptions["routenlp-cascade-from-t1"] = (
+            "ablation: cascade from the cheapest ladder tier (no router decision)"
+        )
+        descriptions["routenlp-all-tiers"] = (
+            "ablation: router + cascade through every serving tier in cost order (pre-frontier ladder)"
+        )
         descriptions["routenlp-no-sla"] = "ablation: router + cascade without SLA awareness"
         if cal_rows is None:
             notes.append("RouteNLP curve: swept over the router's cost_bias only (no calibration rows for an alpha sweep)")
         else:
             notes.append(f"RouteNLP curve: cost_bias {biases} x alpha {list(alphas)} (+ the given thresholds)")
+        notes.append(
+            f"RouteNLP cost_bias grid in the units of the router's rule "
+            f"({getattr(router, 'rule', 'label')!r}); escalation ladder: {ladder_mode}"
+        )
     else:
         notes.append("no router given: RouteNLP and its ablations were not evaluated")
 

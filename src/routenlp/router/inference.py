@@ -180,6 +180,15 @@ class Router:
             )
         return self._embedder
 
+    def ladder(self, task: str) -> list[str]:
+        """The task's escalation ladder for the Cascade: the serving tiers on its train
+        cost-quality frontier (meta.json decision "candidates"), cheapest first; all serving
+        tiers for a router without frontier info; [] for a task the router was not trained on."""
+        idx = self._task_idx.get(task)
+        if idx is None:
+            return []
+        return [t for t, ok in zip(self.tiers, self._cand[idx]) if ok]
+
     # -- probabilities -----------------------------------------------------------------
     def _resolve(self, task: str) -> int | None:
         """Task index, or None when the task is unknown and a fallback is configured."""
