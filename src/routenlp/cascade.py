@@ -364,6 +364,11 @@ class Cascade:
             name = serving[j]
             is_top = j == len(serving) - 1
             tier_cfg = self.config.tier(name)
+            if not is_top and self._delta(task, name) is None:
+                # calibration found no threshold meeting alpha: calling the tier could only
+                # add cost and latency before the escalation that must follow
+                steps.append(_step(name, skipped_reason="never accepts: no calibrated threshold"))
+                continue
             if self.sla_aware and not is_top:
                 exp = self.expected_ms(name, task)
                 remaining = sla - elapsed

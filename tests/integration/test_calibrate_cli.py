@@ -143,7 +143,8 @@ def test_estimator_path_on_routerbench(require_shared_data: Path, tmp_path: Path
 def test_cascade_replays_routerbench_with_no_signal_thresholds(
     require_shared_data: Path, tmp_path: Path
 ) -> None:
-    """No signal recorded -> every non-top pair never accepts -> the top tier serves all."""
+    """No signal recorded -> every non-top pair never accepts -> the top tier serves all,
+    and the never-accepting tiers are skipped without being paid for."""
     from routenlp.cascade import Cascade
     from routenlp.config import config_from_models_json
     from routenlp.conformal.thresholds import calibrate
@@ -159,7 +160,8 @@ def test_cascade_replays_routerbench_with_no_signal_thresholds(
         res = casc.run(r.task, r.prompt, id=r.id)
         assert res.tier == top
         assert res.generation.quality == r.outcomes[top].quality
-        assert res.total_cost == pytest.approx(sum(r.outcomes[t].cost or 0.0 for t in cfg.tier_names))
+        assert res.total_cost == pytest.approx(r.outcomes[top].cost or 0.0)
+        assert all(s["skipped_reason"] for s in res.steps[:-1])
 
 
 def test_cascade_replay_violation_rate_on_synthetic_matrix(tmp_path: Path) -> None:

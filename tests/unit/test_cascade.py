@@ -135,11 +135,15 @@ def test_top_tier_accepts_regardless_of_u(config: EnsembleConfig) -> None:
     assert res.total_cost == pytest.approx(0.03)
 
 
-def test_never_accept_and_missing_signal(config: EnsembleConfig) -> None:
-    ts = tiers(config, T1=gen(0.0), T2=gen(None))
+def test_never_accept_tier_is_skipped_unpaid_and_missing_signal(config: EnsembleConfig) -> None:
+    ts = tiers(config, T1=gen(0.0, cost=0.5), T2=gen(None))
     res = Cascade(config, ts, thresholds=thresholds(d1=None)).run("qa", "q")
     assert res.tier == "T3"
-    assert res.steps[0]["threshold"] is None and not res.steps[0]["accepted"]
+    # T1 has no calibrated threshold: it is never called, so it costs nothing
+    assert res.steps[0]["skipped_reason"].startswith("never accepts")
+    assert ts["T1"].calls == []  # type: ignore[attr-defined]
+    assert res.total_cost == pytest.approx(sum(s["cost"] or 0.0 for s in res.steps[1:]))
+    assert res.total_cost < 0.5
     assert res.steps[1]["u"] is None and not res.steps[1]["accepted"]
 
 
