@@ -41,8 +41,54 @@ def resolve_encoder_path(name: str) -> Path:
     )
 
 
-class Encoder:
-    """Text -> unit-norm float32 vectors, with an LRU cache by text hash."""
+def text_key(text: str) -> str:
+    """Cache key of a text: a 128-bit BLAKE2 digest."""
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+
+
+class CachedEmbedder:
+    """A bounded, thread-safe LRU cache by text hash in front of `encode_uncached`.
+
+    Subclasses set `dim` and call `_init_cache`; routing the same text twice then costs a
+    dict lookup whatever the backend (torch or ONNX Runtime)."""
+
+    dim: int
+
+    def _init_cache(self, cache_size: int) -> None:
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+
+    def encode_uncached(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        raise NotImplementedError
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Embed texts (cached). Returns an (n, dim) float32 array."""
+        keys = [text_key(t) for t in texts]
+        result = np.zeros((len(texts), self.dim), dtype=np.float32)
+        missing: dict[str, list[int]] = {}
+        with self._lock:
+            for i, k in enumerate(keys):
+                hit = self._cache.get(k)
+                if hit is not None:
+                    self._cache.move_to_end(k)
+                    result[i] = hit
+                else:
+                    missing.setdefault(k, []).append(i)
+        if missing:
+            first = [idx[0] for idx in missing.values()]
+            vecs = self.encode_uncached([texts[i] for i in first], batch_size)
+            with self._lock:
+                for (k, idxs), v in zip(missing.items(), vecs):
+                    result[idxs] = v
+                    self._cache[k] = v
+                while len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+        return result
+
+
+class Encoder(CachedEmbedder):
+    """Text -> unit-norm float32 vectors with the torch MiniLM, cached by text hash."""
 
     def __init__(
         self,
@@ -63,15 +109,9 @@ class Encoder:
         self.model = AutoModel.from_pretrained(str(self.path)).eval()
         self.dim = int(self.model.config.hidden_size)
         self.max_length = max_length
-        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._cache_size = cache_size
-        self._lock = threading.Lock()
+        self._init_cache(cache_size)
 
-    @staticmethod
-    def _key(text: str) -> str:
-        return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
-
-    def _embed_uncached(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
+    def encode_uncached(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         import torch
 
         out = []
@@ -95,30 +135,6 @@ class Encoder:
         result = np.zeros((len(texts), self.dim), dtype=np.float32)
         for idx, vecs in out:
             result[idx] = vecs
-        return result
-
-    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        """Embed texts (cached). Returns an (n, dim) float32 array."""
-        keys = [self._key(t) for t in texts]
-        result = np.zeros((len(texts), self.dim), dtype=np.float32)
-        missing: dict[str, list[int]] = {}
-        with self._lock:
-            for i, k in enumerate(keys):
-                hit = self._cache.get(k)
-                if hit is not None:
-                    self._cache.move_to_end(k)
-                    result[i] = hit
-                else:
-                    missing.setdefault(k, []).append(i)
-        if missing:
-            first = [idx[0] for idx in missing.values()]
-            vecs = self._embed_uncached([texts[i] for i in first], batch_size)
-            with self._lock:
-                for (k, idxs), v in zip(missing.items(), vecs):
-                    result[idxs] = v
-                    self._cache[k] = v
-                while len(self._cache) > self._cache_size:
-                    self._cache.popitem(last=False)
         return result
 
     def token_embeddings(self, text: str) -> np.ndarray:

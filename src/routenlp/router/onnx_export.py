@@ -14,7 +14,6 @@ import hashlib
 import importlib.util
 import os
 import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 
 from routenlp.errors import ConfigError
 from routenlp.paths import cache_dir
-from routenlp.router.encoder import Encoder, resolve_encoder_path
+from routenlp.router.encoder import CachedEmbedder, Encoder, resolve_encoder_path
 
 Backend = Literal["torch", "onnx", "onnx-int8"]
 ROUTER_MAX_LENGTH = 128  # routing looks at the head of a prompt; halves the cost of long ones
@@ -48,10 +47,6 @@ class TextEmbedder(Protocol):
 
 def onnx_available() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None
-
-
-def _cache_key(text: str) -> str:
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
 
 
 def export_onnx(name: str, *, quantize: bool = True, max_length: int = ROUTER_MAX_LENGTH) -> Path:
@@ -130,7 +125,7 @@ def export_onnx(name: str, *, quantize: bool = True, max_length: int = ROUTER_MA
     return target
 
 
-class OnnxEncoder:
+class OnnxEncoder(CachedEmbedder):
     """Encoder with the same `encode` contract as `routenlp.router.encoder.Encoder`."""
 
     def __init__(
@@ -175,9 +170,7 @@ class OnnxEncoder:
             fast.enable_truncation(max_length)
             self._fast = fast
         self.dim = int(self.session.get_outputs()[0].shape[1] or 384)
-        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._cache_size = cache_size
-        self._lock = threading.Lock()
+        self._init_cache(cache_size)
 
     def _tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids per text (truncated, with special tokens, no padding).
@@ -230,38 +223,12 @@ class OnnxEncoder:
         out[chunk] = self._run_ids([ids[j] for j in chunk])
         return out
 
-    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        """Embed texts (LRU cache by text hash). Returns (n, dim) float32, unit norm."""
-        keys = [_cache_key(t) for t in texts]
-        result = np.zeros((len(texts), self.dim), dtype=np.float32)
-        missing: dict[str, list[int]] = {}
-        with self._lock:
-            for i, k in enumerate(keys):
-                hit = self._cache.get(k)
-                if hit is not None:
-                    self._cache.move_to_end(k)
-                    result[i] = hit
-                else:
-                    missing.setdefault(k, []).append(i)
-        if missing:
-            first = [idx[0] for idx in missing.values()]
-            vecs = self.encode_uncached([texts[i] for i in first], batch_size)
-            with self._lock:
-                for (k, idxs), v in zip(missing.items(), vecs):
-                    result[idxs] = v
-                    self._cache[k] = v
-                while len(self._cache) > self._cache_size:
-                    self._cache.popitem(last=False)
-        return result
-
 
 class TorchEncoder(Encoder):
     """The shared torch encoder with the router's max_length and a backend tag."""
 
     backend = "torch"
 
-    def encode_uncached(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        return self._embed_uncached(texts, batch_size)
 
 
 def default_backend() -> Backend:
