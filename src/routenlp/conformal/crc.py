@@ -71,38 +71,65 @@ def loss_curve(u: np.ndarray, bad: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
     return us[idx], idx + 1, cum_bad[idx]
 
 
+@dataclass
+class Curve:
+    """A pair's calibration sample reduced to its loss curve (see `loss_curve`)."""
+
+    n: int
+    u_lo: float | None
+    u_hi: float | None
+    deltas: np.ndarray
+    n_acc: np.ndarray
+    n_bad: np.ndarray
+
+    def refuse(self, reason: str) -> PairResult:
+        """Never accept this pair, saying why."""
+        return PairResult(None, self.n, None, None, 0.0, reason=reason, u_lo=self.u_lo, u_hi=self.u_hi)
+
+
+def calibration_curve(
+    u: Sequence[float] | np.ndarray,
+    bad: Sequence[bool] | np.ndarray,
+    *,
+    need: int,
+    too_few: str,
+) -> Curve | PairResult:
+    """The shared preamble of CRC and LTT: the u range, a refusal when n < `need` (with the
+    method's `too_few` message) or when no u is finite, else the loss curve."""
+    ua, ba = as_arrays(u, bad)
+    finite = ua[np.isfinite(ua)]
+    curve = Curve(
+        n=int(ua.size),
+        u_lo=float(finite.min()) if finite.size else None,
+        u_hi=float(finite.max()) if finite.size else None,
+        deltas=np.zeros(0),
+        n_acc=np.zeros(0, dtype=int),
+        n_bad=np.zeros(0, dtype=int),
+    )
+    if curve.n < need:
+        return curve.refuse(f"{too_few}: need n >= {need}, have {curve.n}")
+    curve.deltas, curve.n_acc, curve.n_bad = loss_curve(ua, ba)
+    if curve.deltas.size == 0:
+        return curve.refuse("no finite uncertainty among the calibration samples; never accept")
+    return curve
+
+
 def crc_threshold(
     u: Sequence[float] | np.ndarray, bad: Sequence[bool] | np.ndarray, alpha: float
 ) -> PairResult:
     """delta_hat for one pair from calibration scores `u` and bad flags (q < tau)."""
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    ua, ba = as_arrays(u, bad)
-    n = int(ua.size)
-    finite = ua[np.isfinite(ua)]
-    lo = float(finite.min()) if finite.size else None
-    hi = float(finite.max()) if finite.size else None
     need = min_samples(alpha)
-    if n < need:
-        return PairResult(
-            None, n, None, None, 0.0,
-            reason=f"too few samples for alpha={alpha:g}: need n >= {need}, have {n}",
-            u_lo=lo, u_hi=hi,
-        )
-    deltas, n_acc, n_bad = loss_curve(ua, ba)
-    if deltas.size == 0:
-        return PairResult(
-            None, n, None, None, 0.0,
-            reason="no finite uncertainty among the calibration samples; never accept",
-            u_lo=lo, u_hi=hi,
-        )
+    c = calibration_curve(u, bad, need=need, too_few=f"too few samples for alpha={alpha:g}")
+    if isinstance(c, PairResult):
+        return c
+    n, deltas, n_acc, n_bad = c.n, c.deltas, c.n_acc, c.n_bad
     feasible = (n_bad + 1) / (n + 1) <= alpha  # a prefix, since n_bad is non-decreasing
     if not feasible[0]:
-        return PairResult(
-            None, n, None, None, 0.0,
-            reason="even the most confident calibration samples are too often bad for "
-            f"alpha={alpha:g}; never accept",
-            u_lo=lo, u_hi=hi,
+        return c.refuse(
+            "even the most confident calibration samples are too often bad for "
+            f"alpha={alpha:g}; never accept"
         )
     j = int(np.nonzero(feasible)[0][-1])
     return PairResult(
@@ -111,8 +138,8 @@ def crc_threshold(
         risk=float(n_bad[j]) / n,
         bound=float(n_bad[j] + 1) / (n + 1),
         accept_rate=float(n_acc[j]) / n,
-        u_lo=lo,
-        u_hi=hi,
+        u_lo=c.u_lo,
+        u_hi=c.u_hi,
     )
 
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.special import bdtr
 
-from routenlp.conformal.crc import PairResult, as_arrays, loss_curve
+from routenlp.conformal.crc import PairResult, calibration_curve
 
 
 def _kl_bernoulli(a: np.ndarray, b: float | np.ndarray) -> np.ndarray:
@@ -54,37 +54,23 @@ def ltt_threshold(
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     if not 0 < delta_conf < 1:
         raise ValueError(f"delta_conf must be in (0, 1), got {delta_conf}")
-    ua, ba = as_arrays(u, bad)
-    n = int(ua.size)
-    finite = ua[np.isfinite(ua)]
-    lo = float(finite.min()) if finite.size else None
-    hi = float(finite.max()) if finite.size else None
     # Smallest n for which even a zero empirical risk can be certified: (1 - alpha)^n.
     need = math.ceil(math.log(delta_conf) / math.log(1 - alpha) - 1e-9)
-    if n == 0 or n < need:
-        return PairResult(
-            None, n, None, None, 0.0,
-            reason=f"too few samples for alpha={alpha:g}, delta_conf={delta_conf:g}: "
-            f"need n >= {need}, have {n}",
-            u_lo=lo, u_hi=hi,
-        )
-    deltas, n_acc, n_bad = loss_curve(ua, ba)
-    if deltas.size == 0:
-        return PairResult(
-            None, n, None, None, 0.0,
-            reason="no finite uncertainty among the calibration samples; never accept",
-            u_lo=lo, u_hi=hi,
-        )
+    c = calibration_curve(
+        u, bad, need=need,
+        too_few=f"too few samples for alpha={alpha:g}, delta_conf={delta_conf:g}",
+    )
+    if isinstance(c, PairResult):
+        return c
+    n, deltas, n_acc, n_bad = c.n, c.deltas, c.n_acc, c.n_bad
     risk_hat = n_bad / n
     p = hb_pvalues(risk_hat, n, alpha)
     rejected = p <= delta_conf
     # fixed sequence: ascending delta (most conservative first), stop at first failure
     if not rejected[0]:
-        return PairResult(
-            None, n, None, None, 0.0,
-            reason=f"no threshold certified at alpha={alpha:g}, delta_conf={delta_conf:g} "
-            "(even the most confident samples are too often bad); never accept",
-            u_lo=lo, u_hi=hi,
+        return c.refuse(
+            f"no threshold certified at alpha={alpha:g}, delta_conf={delta_conf:g} "
+            "(even the most confident samples are too often bad); never accept"
         )
     stop = np.nonzero(~rejected)[0]
     j = int(stop[0] - 1) if stop.size else int(deltas.size - 1)
@@ -94,8 +80,8 @@ def ltt_threshold(
         risk=float(risk_hat[j]),
         bound=hb_upper_bound(float(risk_hat[j]), n, delta_conf),
         accept_rate=float(n_acc[j]) / n,
-        u_lo=lo,
-        u_hi=hi,
+        u_lo=c.u_lo,
+        u_hi=c.u_hi,
         p_value=float(p[j]),
     )
 
