@@ -130,6 +130,16 @@ class RouterConfig(_Strict):
     fine_tune_encoder: bool = False
     unknown_task: Literal["error", "top", "cheapest"] = "error"
     cost_bias: float = Field(0.0, description="decision knob: >0 favours cheaper tiers")
+    objective: Literal["success", "paper"] = Field(
+        "success",
+        description="success: decide from calibrated per-tier success probabilities (early-stopped "
+        "on the success loss); paper: the paper's CE + cost + quality-hinge loss and argmax rule",
+    )
+    quality_target: float = Field(
+        0.97, gt=0, le=1.5, description="quality ratio vs the reference the default knob must keep"
+    )
+    knn_k: int = Field(25, ge=1, description="neighbours of the kNN success estimator")
+    knn_shrink: float = Field(5.0, ge=0, description="pseudo-count shrinking kNN estimates to the task prior")
     threads: int | None = Field(None, ge=1)
     path: str | None = Field(None, description="trained router artifact directory")
 

@@ -25,6 +25,7 @@ ARTIFACT_VERSION = 1
 WEIGHTS_FILE = "weights.safetensors"
 META_FILE = "meta.json"
 REPORT_FILE = "report.json"
+KNN_FILE = "knn.safetensors"  # train embeddings + success targets of the kNN estimator
 WEIGHT_KEYS = ("task_emb", "w1", "b1", "w2", "b2")
 SUCCESS_KEYS = ("ws", "bs")  # optional: the per-tier success head
 OPTIONAL_KEYS = ("s_prior",)  # optional: per-task success-rate logits the success head adds to
@@ -56,14 +57,34 @@ class RouterMeta(BaseModel):
         default_factory=dict,
         description="default decision rule and knob (train.DecisionPolicy); empty = label rule, b = 0",
     )
+    featurizer: dict[str, Any] = Field(
+        default_factory=dict, description="router.features.PromptFeaturizer (shared blocks stripped)"
+    )
+    truncation: str = Field("head", description="which end of a long text the encoder keeps")
+    success_calibration: dict[str, Any] | None = Field(
+        None, description="router.success.SuccessCalibration (blend + isotonic maps); None = raw head"
+    )
 
 
-def save_artifact(out_dir: str | Path, weights: dict[str, np.ndarray], meta: RouterMeta) -> Path:
-    """Write weights + meta into `out_dir` (created); files are replaced atomically."""
+def save_artifact(
+    out_dir: str | Path,
+    weights: dict[str, np.ndarray],
+    meta: RouterMeta,
+    *,
+    knn: dict[str, np.ndarray] | None = None,
+) -> Path:
+    """Write weights (+ the kNN bank) + meta into `out_dir` (created); files are replaced
+    atomically, meta last, so a reader never pairs new meta with old weights."""
     from safetensors.numpy import save_file
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if knn is not None:
+        tmp_knn = out / (KNN_FILE + ".tmp")
+        save_file({k: np.ascontiguousarray(v) for k, v in knn.items()}, str(tmp_knn))
+        tmp_knn.replace(out / KNN_FILE)
+    elif (out / KNN_FILE).exists():
+        (out / KNN_FILE).unlink()
     missing = [k for k in WEIGHT_KEYS if k not in weights]
     if missing:
         raise ValueError(f"router weights lack {missing}")
@@ -108,6 +129,10 @@ def load_artifact(
         raise DataError(f"{p / WEIGHTS_FILE}: incomplete success head (need both {list(SUCCESS_KEYS)})")
     if meta.decision.get("rule") == "success" and not all(has_success):
         raise DataError(f"{p}: meta.json asks for the success rule but the weights have no success head")
+    if meta.success_calibration is not None:
+        if not (p / KNN_FILE).exists():
+            raise DataError(f"{p}: meta.json has a success calibration but {KNN_FILE} is missing")
+        weights.update(load_file(str(p / KNN_FILE)))
     if config is not None:
         check_tiers(meta, config, p)
     return weights, meta

@@ -32,24 +32,58 @@ def register(app: typer.Typer) -> None:
         backend: Annotated[
             Optional[str], typer.Option("--backend", help="embeddings: onnx-int8 (default) | onnx | torch")
         ] = None,
+        objective: Annotated[
+            Optional[str],
+            typer.Option(
+                "--objective",
+                help="success (calibrated per-tier success probabilities; default) | paper "
+                "(CE + 0.3 cost + 0.5 quality hinge, argmax rule: the ablation)",
+            ),
+        ] = None,
+        quality_target: Annotated[
+            Optional[float],
+            typer.Option(
+                "--quality-target", min=0.01, max=1.5,
+                help="quality ratio vs the reference the default knob keeps on out-of-fold rows (0.97)",
+            ),
+        ] = None,
+        reference: Annotated[
+            str, typer.Option("--reference", help="quality-target reference: top (the task's top tier) | best")
+        ] = "top",
+        json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the training report JSON here")] = None,
     ) -> None:
         """Train the task-aware router from a quality matrix."""
         from routenlp.config import config_for_matrix
         from routenlp.matrix import matrix_tasks, read_matrix
-        from routenlp.router.train import report_table, train_router
+        from routenlp.router.train import calibration_table, featurisation_table, report_table, train_router
 
         if label_fallback not in ("top", "best"):
             raise ConfigError(f"--label-fallback must be 'top' or 'best', got {label_fallback!r}")
+        if objective not in (None, "success", "paper"):
+            raise ConfigError(f"--objective must be 'success' or 'paper', got {objective!r}")
+        if reference not in ("top", "best"):
+            raise ConfigError(f"--reference must be 'top' or 'best', got {reference!r}")
         rows = read_matrix(matrix)
         cfg = config_for_matrix(config, models, matrix_tasks(rows), tau=tau)
+        if objective is not None:
+            cfg.router.objective = objective  # type: ignore[assignment]
+        if quality_target is not None:
+            cfg.router.quality_target = quality_target
         if store is not None:
             cfg.store.url = store
         with progress() as prog:
             report = train_router(
                 cfg, rows, out, progress=prog, backend=backend, register=register_,
                 label_fallback=label_fallback,  # type: ignore[arg-type]
+                reference=reference,  # type: ignore[arg-type]
             )
         console.print(report_table(report))
+        console.print(featurisation_table(report))
+        if report.calibration.get("ece"):
+            console.print(calibration_table(report))
+        if json_out is not None:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            json_out.write_text(report.model_dump_json(indent=2) + "\n")
         d = report.decision
         base = report.task_only_baseline
         console.print(

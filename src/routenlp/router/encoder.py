@@ -97,6 +97,7 @@ class Encoder(CachedEmbedder):
         max_length: int = 256,
         cache_size: int = 100_000,
         threads: int | None = None,
+        truncation: str = "head",
     ) -> None:
         import torch
         from transformers import AutoModel, AutoTokenizer
@@ -106,6 +107,8 @@ class Encoder(CachedEmbedder):
         self.name = name
         self.path = resolve_encoder_path(name)
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.path))
+        # "tail" keeps a long text's end (the router's featurised path)
+        self.tokenizer.truncation_side = "left" if truncation == "tail" else "right"
         self.model = AutoModel.from_pretrained(str(self.path)).eval()
         self.dim = int(self.model.config.hidden_size)
         self.max_length = max_length

@@ -31,6 +31,8 @@ import numpy as np
 from routenlp.config import EnsembleConfig
 from routenlp.errors import ConfigError, UnknownTaskError
 from routenlp.router.artifact import RouterMeta, load_artifact
+from routenlp.router.features import PromptFeaturizer
+from routenlp.router.success import KnnBank, SuccessCalibration
 from routenlp.router.model import head_outputs, masked_softmax
 
 Fallback = Literal["error", "top", "cheapest"]
@@ -146,6 +148,17 @@ class Router:
         self.backend = backend or meta.embedding_backend
         self.threads = threads or (rc.threads if rc and rc.threads else 2)
         self._embedder = embedder
+        self.featurizer = PromptFeaturizer.model_validate(meta.featurizer or {})
+        self.calibration = (
+            SuccessCalibration.model_validate(meta.success_calibration) if meta.success_calibration else None
+        )
+        self._knn = (
+            KnnBank.from_arrays(
+                self.weights, len(self.tasks), k=self.calibration.knn_k, shrink=self.calibration.knn_shrink
+            )
+            if self.calibration is not None
+            else None
+        )
 
     # -- construction ------------------------------------------------------------------
     @classmethod
@@ -176,7 +189,8 @@ class Router:
             if backend.startswith("onnx") and not onnx_available():
                 backend = "torch"  # same model, fp32 torch: embeddings within cos ~0.99
             self._embedder = get_embedder(
-                self.meta.encoder, backend, threads=self.threads, max_length=self.meta.max_length
+                self.meta.encoder, backend, threads=self.threads, max_length=self.meta.max_length,
+                truncation=self.meta.truncation,  # type: ignore[arg-type]
             )
         return self._embedder
 
@@ -222,7 +236,11 @@ class Router:
         """(acceptable-tier probabilities (n, K), success probabilities (n, K) or None),
         masked (non-serving tiers 0), from precomputed embeddings."""
         task_idx = np.asarray(task_idx, dtype=np.int64)
-        logits, success = head_outputs(self.weights, np.asarray(emb, dtype=np.float32), task_idx)
+        emb = np.asarray(emb, dtype=np.float32)
+        logits, success = head_outputs(self.weights, emb, task_idx)
+        if success is not None and self.calibration is not None and self._knn is not None:
+            knn = self._knn.predict(emb, task_idx)
+            success = self.calibration.apply(success, knn, task_idx, self.tasks, self.tiers)
         mask = self._mask[task_idx]
         return masked_softmax(logits, mask), (None if success is None else np.where(mask, success, 0.0))
 
@@ -277,7 +295,9 @@ class Router:
                 known.append(i)
                 tidx.append(j)
         if known:
-            emb = self.embedder.encode([texts[i] for i in known])
+            emb = self.embedder.encode(
+                self.featurizer.transform_all([tasks[i] for i in known], [texts[i] for i in known])
+            )
             ti = np.asarray(tidx, dtype=np.int64)
             p, sp = self.outputs_from_embeddings(ti, emb)
             out[known] = p

@@ -26,7 +26,8 @@ from routenlp.paths import cache_dir
 from routenlp.router.encoder import CachedEmbedder, Encoder, resolve_encoder_path
 
 Backend = Literal["torch", "onnx", "onnx-int8"]
-ROUTER_MAX_LENGTH = 128  # routing looks at the head of a prompt; halves the cost of long ones
+ROUTER_MAX_LENGTH = 128
+Truncation = Literal["head", "tail"]  # routing looks at the head of a prompt; halves the cost of long ones
 # int8 recipe tag (part of the file name and of the training-embedding cache key, so that
 # embeddings of an older recipe are never mixed with this one): dynamic quantisation of the
 # MatMul weights to int8 per channel with reduced range (u8 activations x s8 weights, the fast
@@ -136,6 +137,7 @@ class OnnxEncoder(CachedEmbedder):
         threads: int = 2,
         max_length: int = ROUTER_MAX_LENGTH,
         cache_size: int = 100_000,
+        truncation: Truncation = "head",
     ) -> None:
         if not onnx_available():
             raise ConfigError(
@@ -147,6 +149,7 @@ class OnnxEncoder(CachedEmbedder):
         self.name = name
         self.backend = "onnx-int8" if quantize else "onnx"
         self.max_length = max_length
+        self.truncation = truncation
         path = export_onnx(name, quantize=quantize, max_length=max_length)
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
@@ -159,6 +162,7 @@ class OnnxEncoder(CachedEmbedder):
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         self.tokenizer = AutoTokenizer.from_pretrained(str(resolve_encoder_path(name)))
+        self.tokenizer.truncation_side = "left" if truncation == "tail" else "right"
         self._pad_id = int(self.tokenizer.pad_token_id or 0)
         self._fast = None
         backend_tok = getattr(self.tokenizer, "backend_tokenizer", None)
@@ -167,7 +171,7 @@ class OnnxEncoder(CachedEmbedder):
 
             fast = copy.deepcopy(backend_tok)  # own truncation/padding settings
             fast.no_padding()
-            fast.enable_truncation(max_length)
+            fast.enable_truncation(max_length, direction="left" if truncation == "tail" else "right")
             self._fast = fast
         self.dim = int(self.session.get_outputs()[0].shape[1] or 384)
         self._init_cache(cache_size)
@@ -237,16 +241,27 @@ def default_backend() -> Backend:
 
 @lru_cache(maxsize=8)
 def get_embedder(
-    name: str, backend: Backend, *, threads: int = 2, max_length: int = ROUTER_MAX_LENGTH
+    name: str,
+    backend: Backend,
+    *,
+    threads: int = 2,
+    max_length: int = ROUTER_MAX_LENGTH,
+    truncation: Truncation = "head",
 ) -> TextEmbedder:
-    """Process-wide embedder for (encoder, backend): loading/exporting happens once."""
+    """Process-wide embedder for (encoder, backend, cut): loading/exporting happens once.
+
+    `truncation="tail"` keeps a long text's last `max_length` tokens (the router's path:
+    the distinctive part of a prompt usually comes last)."""
     if backend == "torch":
         import torch
 
         torch.set_num_threads(threads)
-        return TorchEncoder(name, max_length=max_length)
+        return TorchEncoder(name, max_length=max_length, truncation=truncation)
     if backend in ("onnx", "onnx-int8"):
-        return OnnxEncoder(name, quantize=backend == "onnx-int8", threads=threads, max_length=max_length)
+        return OnnxEncoder(
+            name, quantize=backend == "onnx-int8", threads=threads, max_length=max_length,
+            truncation=truncation,
+        )
     raise ConfigError(f"unknown embedding backend {backend!r}; use torch, onnx or onnx-int8")
 
 

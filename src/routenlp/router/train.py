@@ -22,6 +22,7 @@ from routenlp.errors import ConfigError, DataError
 from routenlp.matrix import MatrixRow
 from routenlp.paths import cache_dir
 from routenlp.router.artifact import REPORT_FILE, RouterMeta, save_artifact
+from routenlp.router.features import PromptFeaturizer, distinct_inputs_share, distinct_share
 from routenlp.router.labels import (
     BEST_FALLBACK_DEFINITION,
     LABEL_DEFINITION,
@@ -32,6 +33,7 @@ from routenlp.router.labels import (
     success_targets,
     tier_costs,
 )
+from routenlp.router.success import KnnBank, SuccessCalibration, fit_success_calibration
 
 
 class TaskMetrics(BaseModel):
@@ -70,6 +72,21 @@ class TrainReport(BaseModel):
     decision: DecisionPolicy
     task_only_baseline: TaskMetrics = Field(
         description="per task, the cheapest tier with the best mean train quality, on the eval split"
+    )
+    objective: str = "success"
+    featurizer: dict[str, dict[str, int]] = Field(
+        default_factory=dict, description="per task, characters of the shared prefix/suffix stripped"
+    )
+    distinct_share_before: dict[str, float] = Field(
+        default_factory=dict,
+        description="per task, share of distinct encoder inputs of the raw prompts cut head-first",
+    )
+    distinct_share_after: dict[str, float] = Field(
+        default_factory=dict, description="per task, share of distinct embeddings the router learns from"
+    )
+    calibration: dict[str, Any] = Field(
+        default_factory=dict,
+        description="success estimators: blend per task, out-of-fold log-loss, ECE per tier",
     )
 
 
@@ -123,16 +140,23 @@ def split_indices(task_index: np.ndarray, val_fraction: float, seed: int) -> tup
 
 
 def embed_texts(
-    texts: Sequence[str], encoder: str, backend: str, *, progress: Any = None, chunk: int = 256
+    texts: Sequence[str],
+    encoder: str,
+    backend: str,
+    *,
+    progress: Any = None,
+    chunk: int = 256,
+    truncation: str = "tail",
 ) -> np.ndarray:
-    """Embeddings for training, computed once per (encoder, backend, texts) and kept on disk."""
+    """Embeddings for training, computed once per (encoder, backend, cut, texts) and kept on
+    disk. `texts` are the featurised prompts (see `router.features`)."""
     from routenlp.router.onnx_export import INT8_VARIANT, ROUTER_MAX_LENGTH, get_embedder
 
     h = hashlib.blake2b(digest_size=16)
     # the int8 embeddings depend slightly on how rows are batched (dynamic activation
     # quantisation), so the batching scheme is part of the key too
     variant = f"{INT8_VARIANT}|len-chunks|" if backend == "onnx-int8" else ""
-    h.update(f"{encoder}|{backend}|{ROUTER_MAX_LENGTH}|{variant}".encode())
+    h.update(f"{encoder}|{backend}|{ROUTER_MAX_LENGTH}|{variant}|{truncation}".encode())
     for t in texts:
         h.update(t.encode("utf-8"))
         h.update(b"\0")
@@ -141,7 +165,7 @@ def embed_texts(
         arr = np.load(path)
         if arr.shape[0] == len(texts):
             return arr
-    emb_model = get_embedder(encoder, backend, max_length=ROUTER_MAX_LENGTH)
+    emb_model = get_embedder(encoder, backend, max_length=ROUTER_MAX_LENGTH, truncation=truncation)  # type: ignore[arg-type]
     out = np.zeros((len(texts), emb_model.dim), dtype=np.float32)
     task = progress.add_task("embedding queries", total=len(texts)) if progress is not None else None
     for s in range(0, len(texts), chunk):
@@ -163,7 +187,11 @@ class DecisionPolicy(BaseModel):
     )
     cost_bias: float = Field(description="the default knob b")
     source: str = Field(description="where b came from")
-    target_quality: float | None = Field(None, description="task-only baseline mean quality on the selection split")
+    target_quality: float | None = Field(
+        None, description="quality the knob must keep on the selection rows (quality_target x reference)"
+    )
+    quality_target: float | None = Field(None, description="target quality ratio vs the reference")
+    reference: str | None = Field(None, description="the reference the ratio is taken against")
     baseline_cost: float | None = None
     quality: float | None = Field(None, description="router mean quality at b on the selection split")
     cost: float | None = Field(None, description="router mean c_k / c_K at b on the selection split")
@@ -232,14 +260,14 @@ def select_cost_bias(
     grid: Sequence[float] = COST_BIAS_GRID,
     candidates: np.ndarray | None = None,
 ) -> DecisionPolicy:
-    """`candidates`: optional (n, K) bool per-row tiers the rule may pick (see pareto_candidates)."""
     """Choose the default knob b of the success rule on held-out rows (never the test split).
 
     Starting at b = 0 (most likely to succeed), b grows along the grid while the mean
-    quality on `labels` stays >= `target_quality` (the task-only baseline's quality on the
-    same rows); the last such b is the cheapest setting that keeps the baseline's quality
-    (cost never rises with b). When b = 0 already falls short, b = 0 is kept and
-    `meets_target` is False.
+    quality on `labels` stays >= `target_quality` (quality_target x the reference's quality
+    on the same rows, the rule the baselines' default points use); the last such b is the
+    cheapest setting that keeps it (cost never rises with b). When b = 0 already falls
+    short, b = 0 is kept and `meets_target` is False. `candidates`: optional (n, K) bool
+    per-row tiers the rule may pick (see pareto_candidates).
     """
     from routenlp.router.inference import choose_by_success
 
@@ -262,7 +290,7 @@ def select_cost_bias(
     return DecisionPolicy(
         rule="success",
         cost_bias=best[0],
-        source=f"selected on the {selected_on} split: cheapest b keeping quality >= the task-only baseline",
+        source=f"selected on the {selected_on} split: cheapest b keeping quality >= the target",
         target_quality=float(target_quality),
         baseline_cost=baseline_cost,
         quality=best[1],
@@ -348,7 +376,9 @@ def _fit_head(
         model.eval()
         with torch.no_grad():
             _, terms = loss_of(va if va is not None else tr)
-        val = terms["total"]
+        # the decision uses the success head: stop where its loss is best (the noisy
+        # cheapest-acceptable-tier CE would otherwise dominate the choice of epoch)
+        val = terms["success"] if rc.objective == "success" and "success" in terms else terms["total"]
         if best_val is None or val < best_val - 1e-5:
             best_val, best_epoch, bad = val, epoch, 0
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -380,20 +410,24 @@ def fold_indices(task_index: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
 
 def _cross_fit_success(
     emb: np.ndarray, labels: LabelSet, cost_norm: np.ndarray, rc: Any, *, progress: Any = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str, list[np.ndarray]]:
     """Out-of-fold success probabilities for choosing the decision knob.
 
     For each of `rc.knob_folds` folds: fit a head on the other folds (early stopping on a
     seeded split of them), predict the fold, and fix the fold's task-only baseline tiers and
     frontier candidates from the other folds only. Returns (success (n, K), row order,
-    baseline tier per row, candidate mask (n, K), description).
+    baseline tier per row, candidate mask (n, K), description, each fold's positions in the
+    returned row order).
     """
     from routenlp.router.model import head_outputs
 
     folds = fold_indices(labels.task_index, rc.knob_folds, rc.seed)
     all_idx = np.arange(len(labels))
-    succ, rows, base, cand = [], [], [], []
+    succ, rows, base, cand, positions = [], [], [], [], []
+    start = 0
     for f, held in enumerate(folds):
+        positions.append(np.arange(start, start + len(held)))
+        start += len(held)
         rest = np.setdiff1d(all_idx, held)
         rest_labels = labels.task_index[rest]
         itr, iva = split_indices(rest_labels, rc.val_fraction, rc.seed + f + 1)
@@ -414,7 +448,33 @@ def _cross_fit_success(
         np.concatenate(base),
         np.concatenate(cand),
         f"{len(folds)}-fold cross-fitted training",
+        positions,
     )
+
+
+def reference_quality(labels: LabelSet, reference: str, *, tr_idx_labels: LabelSet) -> float:
+    """Mean quality on `labels` of the reference system: always the task's top serving tier
+    ("top"), or the one tier with the best mean quality on the training rows ("best")."""
+    rows = np.arange(len(labels))
+    if reference == "best":
+        q = np.where(tr_idx_labels.row_mask, tr_idx_labels.quality, 0.0).mean(0)
+        k = int(np.argmax(q))
+        return float(labels.quality[rows, k].mean())
+    top = labels.task_mask.shape[1] - 1 - np.argmax(labels.task_mask[:, ::-1], axis=1)
+    return float(labels.quality[rows, top[labels.task_index]].mean())
+
+
+def _raw_input_share(labels: LabelSet, encoder: str) -> dict[str, float]:
+    """Distinct encoder inputs per task of the raw prompts cut head-first at the router's
+    length: what every learned system saw before featurisation."""
+    from transformers import AutoTokenizer
+
+    from routenlp.router.encoder import resolve_encoder_path
+    from routenlp.router.onnx_export import ROUTER_MAX_LENGTH
+
+    tok = AutoTokenizer.from_pretrained(str(resolve_encoder_path(encoder)))
+    ids = tok(list(labels.texts), truncation=True, max_length=ROUTER_MAX_LENGTH)["input_ids"]
+    return distinct_inputs_share(ids, labels.task_index, labels.tasks)
 
 
 def train_router(
@@ -427,6 +487,7 @@ def train_router(
     embeddings: np.ndarray | None = None,
     register: bool = False,
     label_fallback: LabelFallback = "top",
+    reference: Literal["top", "best"] = "top",
 ) -> TrainReport:
     """Train, evaluate on the validation split, save the artifact and report.json.
 
@@ -434,6 +495,9 @@ def train_router(
     `embeddings`: precomputed (n, d) embeddings of the row prompts (skips the encoder).
     `register`: also register the artifact in the store at `config.store.url`.
     `label_fallback`: label of queries no tier answers acceptably (see labels.acceptable_tier).
+    `reference`: what the default knob's quality target (router.quality_target) is a ratio
+    of: "top" = each task's most expensive serving tier, "best" = the single tier with the
+    best mean train quality (as `evaluate --reference best`).
     """
     import torch
 
@@ -450,16 +514,23 @@ def train_router(
     if len(config.tiers) < 2:
         raise ConfigError(f"a router needs at least 2 tiers; the config has {config.tier_names}")
     t0 = time.perf_counter()
+    if rc.objective == "paper":  # the paper's loss and argmax decision, as an ablation
+        rc = rc.model_copy(update={"lambda_s": 0.0})
     labels = build_labels(config, rows, fallback=label_fallback)
     costs, cost_source = tier_costs(config, rows)
     cost_norm = normalised_costs(costs)
     backend = backend or default_backend()
+    row_tasks = [labels.tasks[i] for i in labels.task_index]
+    featurizer = PromptFeaturizer.fit(row_tasks, labels.texts)
+    feat_texts = featurizer.transform_all(row_tasks, labels.texts)
     if embeddings is None:
-        emb = embed_texts(labels.texts, rc.encoder, backend, progress=progress)
+        emb = embed_texts(feat_texts, rc.encoder, backend, progress=progress, truncation="tail")
     else:
         emb = np.asarray(embeddings, dtype=np.float32)
         if emb.shape[0] != len(labels):
             raise DataError(f"{emb.shape[0]} embeddings for {len(labels)} rows")
+    share_before = _raw_input_share(labels, rc.encoder) if embeddings is None else {}
+    share_after = distinct_share(emb, labels.task_index, labels.tasks)
 
     tr_idx, va_idx = split_indices(labels.task_index, rc.val_fraction, rc.seed)
     if len(tr_idx) == 0:
@@ -485,22 +556,38 @@ def train_router(
     base_choice = base_tier[ev.task_index]
     _, base_overall = evaluate_choices(ev, base_choice, cost_norm)
     explicit_bias = "cost_bias" in rc.model_fields_set
+    s_target = success_targets(labels, rc.success_target)
+    bank = KnnBank(
+        emb, labels.task_index, s_target, labels.attempted, len(labels.tasks), k=rc.knn_k, shrink=rc.knn_shrink
+    )
+    calibration: SuccessCalibration | None = None
     if success_ev is not None:
         cand = pareto_candidates(labels, tr_idx, cost_norm)
         if oof is not None:
             # out-of-fold success probabilities of every row: the knob is chosen on all rows,
             # each predicted by a head that never saw it (small validation splits are noisy)
-            sel_success, sel_rows, sel_base, sel_cand, sel_on = oof
+            sel_success, sel_rows, sel_base, sel_cand, sel_on, sel_folds = oof
+            knn_oof = bank.predict(emb[sel_rows], labels.task_index[sel_rows], exclude=sel_rows)
+            calibration, sel_success = fit_success_calibration(
+                sel_success, knn_oof, s_target[sel_rows], labels.attempted[sel_rows],
+                labels.task_index[sel_rows], labels.tasks, labels.tiers, sel_folds,
+                knn_k=rc.knn_k, knn_shrink=rc.knn_shrink,
+            )
+            sel_success = np.where(labels.task_mask[labels.task_index[sel_rows]], sel_success, 0.0)
             sel_labels = labels.subset(sel_rows)
             _, sel_base_m = evaluate_choices(sel_labels, sel_base, cost_norm)
+            knn_ev = bank.predict(emb[eval_idx], ev.task_index, exclude=eval_idx)
+            success_ev = calibration.apply(success_ev, knn_ev, ev.task_index, labels.tasks, labels.tiers)
         else:
             sel_success, sel_labels, sel_cand = success_ev, ev, cand[ev.task_index]
             sel_base_m = base_overall
             sel_on = "validation" if len(va_idx) else "train (too few rows for validation)"
+        ref_q = reference_quality(sel_labels, reference, tr_idx_labels=labels.subset(tr_idx))
         decision = select_cost_bias(
-            sel_success, sel_labels, cost_norm, target_quality=sel_base_m.mean_quality,
+            sel_success, sel_labels, cost_norm, target_quality=rc.quality_target * ref_q,
             baseline_cost=sel_base_m.expected_cost, selected_on=sel_on, candidates=sel_cand,
         )
+        decision.quality_target, decision.reference = float(rc.quality_target), reference
         decision.candidates = {t: cand[i].tolist() for i, t in enumerate(labels.tasks)}
         if explicit_bias:  # the user's knob wins; the selection curve stays for reference
             decision.cost_bias, decision.source = float(rc.cost_bias), "config router.cost_bias"
@@ -533,6 +620,11 @@ def train_router(
         overall=overall,
         decision=decision,
         task_only_baseline=base_overall,
+        objective=rc.objective,
+        featurizer=featurizer.describe(),
+        distinct_share_before=share_before,
+        distinct_share_after=share_after,
+        calibration=calibration.report if calibration is not None else {},
     )
     meta = RouterMeta(
         tiers=labels.tiers,
@@ -558,8 +650,13 @@ def train_router(
             "epochs_run": epochs_run,
         },
         decision=decision.model_dump(mode="json"),
+        featurizer=featurizer.model_dump(mode="json"),
+        truncation="tail",
+        success_calibration=(
+            calibration.model_dump(mode="json", exclude={"report"}) if calibration is not None else None
+        ),
     )
-    save_artifact(out, weights, meta)
+    save_artifact(out, weights, meta, knn=bank.arrays() if calibration is not None else None)
     (out / REPORT_FILE).write_text(report.model_dump_json(indent=2) + "\n")
     if register:
         from routenlp.router.artifact import register_artifact
@@ -597,5 +694,39 @@ def report_table(report: TrainReport):  # noqa: ANN201 - rich Table
             f"{m.expected_cost:.3f}",
             f"{m.mean_quality:.3f}",
             f"{m.top_tier_quality:.3f}",
+        )
+    return table
+
+
+def featurisation_table(report: TrainReport):  # noqa: ANN201 - rich Table
+    """Per task: characters stripped and the share of distinct embeddings before/after."""
+    from rich.table import Table
+
+    table = Table(title="featurisation: shared prompt blocks stripped, tail-first cut")
+    for col in ("task", "prefix chars", "suffix chars", "distinct before", "distinct after"):
+        table.add_column(col, justify="left" if col == "task" else "right")
+    for task in report.tasks:
+        f = report.featurizer.get(task, {})
+        before = report.distinct_share_before.get(task)
+        after = report.distinct_share_after.get(task)
+        table.add_row(
+            task, str(f.get("prefix_chars", 0)), str(f.get("suffix_chars", 0)),
+            "-" if before is None else f"{before:.1%}", "-" if after is None else f"{after:.1%}",
+        )
+    return table
+
+
+def calibration_table(report: TrainReport):  # noqa: ANN201 - rich Table
+    """Per tier: ECE of each success estimator out of fold, and after isotonic calibration
+    (cross-fitted)."""
+    from rich.table import Table
+
+    table = Table(title="success probabilities: ECE out of fold (calibrated: cross-fitted isotonic)")
+    for col in ("tier", "n", "MLP", "kNN", "blend", "calibrated"):
+        table.add_column(col, justify="left" if col == "tier" else "right")
+    for tier, e in report.calibration.get("ece", {}).items():
+        table.add_row(
+            tier, str(e["n"]), f"{e['ece_mlp']:.3f}", f"{e['ece_knn']:.3f}", f"{e['ece_blend']:.3f}",
+            f"{e['ece_calibrated']:.3f}",
         )
     return table
