@@ -78,6 +78,10 @@ class TierConfig(_Strict):
     enabled_if_env: str | None = Field(
         None, description="tier is dropped unless this environment variable is set"
     )
+    disabled_if_env: str | None = Field(
+        None, description="tier is dropped when this environment variable is set (a stand-in "
+        "that a real endpoint replaces, e.g. the simulated frontier)"
+    )
     options: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -358,13 +362,18 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
 
 
 def _gated_off(tier: Any) -> bool:
-    """A tier whose `enabled_if_env` variable is unset or empty (dropped from the ensemble)."""
-    gate = tier.get("enabled_if_env") if isinstance(tier, dict) else None
-    return bool(gate) and not os.environ.get(str(gate))
+    """A tier dropped from the ensemble: its `enabled_if_env` variable is unset or empty,
+    or its `disabled_if_env` variable is set."""
+    if not isinstance(tier, dict):
+        return False
+    gate, veto = tier.get("enabled_if_env"), tier.get("disabled_if_env")
+    if gate and not os.environ.get(str(gate)):
+        return True
+    return bool(veto) and bool(os.environ.get(str(veto)))
 
 
 def parse_config(raw: dict[str, Any], source: str = "<dict>") -> EnsembleConfig:
-    """Validate a config dict; drop tiers whose `enabled_if_env` variable is unset.
+    """Validate a config dict; drop tiers switched off by `enabled_if_env`/`disabled_if_env`.
 
     A dropped tier is still checked against the tier schema (a typo in it must fail now,
     not on the day the variable is set); its unset variables are not errors."""
@@ -385,7 +394,7 @@ def parse_config(raw: dict[str, Any], source: str = "<dict>") -> EnsembleConfig:
                 for e in err.errors():
                     loc = ".".join(str(x) for x in ("tiers", i, *e["loc"]))
                     msg = "unknown key (not allowed here)" if e["type"] == "extra_forbidden" else e["msg"]
-                    problems.append(f"  {loc}: {msg} (tier switched off by enabled_if_env)")
+                    problems.append(f"  {loc}: {msg} (in a tier switched off by the environment)")
         if problems:
             raise ConfigError("\n".join([f"invalid config {source}:", *problems]))
     rest = {k: v for k, v in raw.items() if k != "tiers"}
