@@ -222,8 +222,8 @@ def in_range(
     Usage: `alpha: float = typer.Option(0.05, "--alpha", callback=in_range(0, 1,
     lo_open=True, hi_open=True))`. The error names the option (click adds it) and the
     range; None (an unset optional option) passes through."""
-    left = "(" if lo_open else "["
-    right = ")" if hi_open else "]"
+    left = "(" if lo_open or lo is None else "["
+    right = ")" if hi_open or hi is None else "]"
     span = f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
 
     def check(value: Any) -> Any:

@@ -287,6 +287,20 @@ class EnsembleConfig(_Strict):
                 return t
         raise UnknownTaskError(f"unknown task {name!r}; known tasks: {self.task_names}")
 
+    def restricted_to(self, tier_names: list[str] | set[str]) -> EnsembleConfig:
+        """A validated copy with only the named tiers, e.g. those a matrix was labelled
+        with (a matrix from before a tier was added cannot be replayed with it)."""
+        keep = set(tier_names)
+        unknown = sorted(keep - set(self.tier_names))
+        if unknown:
+            raise ConfigError(f"unknown tier(s) {unknown}; known tiers: {self.tier_names}")
+        raw = self.model_dump(mode="python")
+        raw["tiers"] = [t for t in raw["tiers"] if t["name"] in keep]
+        try:
+            return EnsembleConfig.model_validate(raw)
+        except ValidationError as err:
+            raise ConfigError(_format_validation_error(err, f"{self.name} (tiers {sorted(keep)})")) from None
+
     def tiers_for(self, task: str) -> list[TierConfig]:
         """Tiers that serve a task, cheapest first."""
         return [t for t in self.tiers if t.serves(task)]

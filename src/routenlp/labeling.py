@@ -115,6 +115,11 @@ def label_rows(
     for name in needed:
         if name not in built:
             built[name] = build_tier(config.tier(name), config)
+    for name, tier in built.items():  # the simulated frontier reuses its loaded fallback
+        cfg_t = config.tier(name)
+        fb = cfg_t.reference_options.fallback_tier if cfg_t.kind == "reference" else None
+        if fb in built and hasattr(tier, "attach_fallback"):
+            tier.attach_fallback(built[fb])  # type: ignore[attr-defined]
 
     by_task: dict[str, list[dict[str, Any]]] = {}
     for r in todo:

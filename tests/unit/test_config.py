@@ -215,7 +215,11 @@ def test_models_json(tmp_path: Path) -> None:
 
 def test_local_cpu_yaml_is_plain_yaml() -> None:
     raw = yaml.safe_load((ROOT / "examples" / "local-cpu.yaml").read_text())
-    assert [t["price_in"] for t in raw["tiers"]] == [0.01, 0.10, 0.80, 8.00]
+    assert [t["price_in"] for t in raw["tiers"]] == [0.01, 0.10, 0.80, 8.00, 8.00]
+    # the two T4 entries exclude each other: the simulated frontier unless a real one is set
+    t4s = [t for t in raw["tiers"] if t["name"] == "T4"]
+    assert [t["kind"] for t in t4s] == ["reference", "openai_compat"]
+    assert t4s[0]["disabled_if_env"] == t4s[1]["enabled_if_env"] == "ROUTENLP_T4_BASE_URL"
 
 
 def test_config_for_matrix_choice(tmp_path: Path) -> None:
