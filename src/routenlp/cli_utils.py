@@ -147,6 +147,11 @@ def error_message(err: BaseException) -> tuple[str, str | None] | None:
     """(message, hint) for an expected, user-fixable error; None for a real bug."""
     if isinstance(err, RouteNLPError):
         return err.message, err.hint
+    if isinstance(err, ModuleNotFoundError):
+        from routenlp.extras import missing_extra
+
+        found = missing_extra(err.name or "")
+        return None if found is None else (found.message, found.hint)
     if isinstance(err, ValidationError):
         return _validation_message(err), None
     if isinstance(err, IsADirectoryError):

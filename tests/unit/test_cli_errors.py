@@ -168,6 +168,8 @@ def _policy_app() -> typer.Typer:
         "perm": lambda: (_ for _ in ()).throw(PermissionError(13, "denied", "/root/x")),
         "interrupt": lambda: (_ for _ in ()).throw(KeyboardInterrupt()),
         "bug": lambda: (_ for _ in ()).throw(RuntimeError("a real bug")),
+        "extra": lambda: (_ for _ in ()).throw(ModuleNotFoundError("No module named 'torch'", name="torch")),
+        "nomod": lambda: (_ for _ in ()).throw(ModuleNotFoundError("No module named 'zzz'", name="zzz")),
     }
     for name, fn in raises.items():
         sub.command(name)(lambda fn=fn: fn())
@@ -189,7 +191,8 @@ def _alpha_cmd(
     [("config", 2, "error: bad key x"), ("missing", 2, "file not found: /nonexistent/routenlp-file"),
      ("isdir", 2, "/ is a directory"), ("json", 2, "not valid JSON"), ("yaml", 2, "not valid YAML"),
      ("pydantic", 2, "n: Input should be a valid integer"), ("perm", 2, "permission denied: /root/x"),
-     ("interrupt", 130, "interrupted")],
+     ("interrupt", 130, "interrupted"),
+     ("extra", 2, "optional dependency 'torch' is not installed; it comes with the 'local' extra")],
 )
 def test_every_expected_error_is_one_line(name: str, code: int, text: str) -> None:
     res = runner.invoke(_policy_app(), ["sub", name])
@@ -201,6 +204,17 @@ def test_every_expected_error_is_one_line(name: str, code: int, text: str) -> No
 def test_a_real_bug_keeps_its_traceback() -> None:
     res = runner.invoke(_policy_app(), ["sub", "bug"])
     assert isinstance(res.exception, RuntimeError)
+    res = runner.invoke(_policy_app(), ["sub", "nomod"])  # not an optional dependency: a bug
+    assert isinstance(res.exception, ModuleNotFoundError)
+
+
+def test_require_names_the_extra() -> None:
+    from routenlp.extras import MissingExtraError, require
+
+    assert require("json").__name__ == "json"
+    with pytest.raises(MissingExtraError, match="'ray' extra") as info:
+        require("ray._routenlp_no_such_module_", purpose="distributed labelling")
+    assert "pip install 'routenlp[ray]'" in (info.value.hint or "")
 
 
 @pytest.mark.parametrize(
