@@ -108,7 +108,11 @@ def register(app: typer.Typer) -> None:
             label_rows(cfg, rows, matrix_path, on_progress=lambda n: bar.advance(tid, n))
         wanted = {str(r["id"]) for r in rows}  # a re-run with a smaller --n-per-task
         matrix = [r for r in read_matrix(matrix_path) if r.id in wanted]
-        print_summary(summarise(matrix, cfg.tier_names), title="Per task, per tier")
+        print_summary(
+            summarise(matrix, cfg.tier_names),
+            title="Per task, per tier",
+            labels={t.name: t.display_name for t in cfg.tiers},
+        )
 
         train, cal, test = _split_matrix(matrix, seed, (0.35, 0.35))
         for name, part in (("train", train), ("cal", cal), ("test", test)):

@@ -118,6 +118,14 @@ def test_reference_is_looked_up_by_query_when_the_request_has_none() -> None:
     assert gen.ok and spec.score(spec.parse(gen.text), row["reference"]) == 1.0
     (miss,) = tier.generate_batch([spec.build_request("a query from nowhere", id="x")])
     assert not miss.ok and REFERENCE_LABEL in (miss.error or "")
+    assert tier.add_references("cs_intent", [{"input": "a query from nowhere", "reference": "refund"}]) == 1
+    (hit,) = tier.generate_batch([spec.build_request("a query from nowhere", id="x")])
+    assert hit.ok and hit.text == "refund"
+    labelled = spec.build_request("another new query", id="y")
+    labelled.reference = "change_pin"
+    tier.generate_batch([labelled])  # remembered: served later without the reference
+    (later,) = tier.generate_batch([spec.build_request("another new query", id="y")])
+    assert later.text == "change_pin"
 
 
 def test_local_cpu_example_uses_it_unless_a_real_t4_is_set(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -85,9 +85,28 @@ class ReferenceTier(BaseTier):
             self._index[task.name] = index
         return index
 
+    def add_references(self, task: str, rows: Sequence[dict[str, Any]]) -> int:
+        """Make dataset rows (`input`, `reference`) answerable by query text, e.g. a
+        workload written with other sizes than the built-in defaults. Returns the count."""
+        task_cfg = self.ensemble.task(task)
+        index = self._task_index(task_cfg)
+        with self._lock:
+            for r in rows:
+                index[str(r["input"])] = r.get("reference")
+        return len(rows)
+
     def reference_for(self, request: Request) -> tuple[bool, Any]:
-        """(found, reference): from the request, else looked up by the query text."""
+        """(found, reference): from the request, else looked up by the query text.
+
+        A reference carried by a request is remembered, so the same query served later
+        without one (e.g. by the cascade) gets the same answer."""
         if request.reference is not None:
+            try:
+                index = self._task_index(self.ensemble.task(request.task))
+                with self._lock:
+                    index.setdefault(request.query or "", request.reference)
+            except RouteNLPError:
+                pass
             return True, request.reference
         try:
             task = self.ensemble.task(request.task)
