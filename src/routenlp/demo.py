@@ -59,10 +59,13 @@ def register(app: typer.Typer) -> None:
         ),
         n_per_task: int = typer.Option(
             60,
+            min=3,
             help="queries labelled per task, split 35/35/30 into train/cal/test (alpha=0.05 "
             "needs >= 19 calibration rows per task to accept anything)",
         ),
-        n_train: int = typer.Option(300, help="training rows per task for the classifier tier"),
+        n_train: int = typer.Option(
+            300, min=2, help="training rows per task for the classifier tier"
+        ),
         seed: int = typer.Option(13),
     ) -> None:
         """Run the pipeline on the built-in workload with local models and print the results."""

@@ -138,7 +138,15 @@ def iter_matrix(path: str | Path) -> Iterator[MatrixRow]:
 
 
 def row_to_json(row: MatrixRow) -> str:
-    return json.dumps(row.model_dump(mode="json", exclude_none=False), sort_keys=True)
+    """One JSONL line. A NaN/inf outcome number (the in-memory "missing" of public
+    matrices) is written as null, so every file written here passes `iter_matrix`."""
+    data = row.model_dump(mode="json", exclude_none=False)
+    for outcome in data.get("outcomes", {}).values():
+        for name in _RANGES:
+            value = outcome.get(name)
+            if isinstance(value, float) and not math.isfinite(value):
+                outcome[name] = None
+    return json.dumps(data, sort_keys=True)
 
 
 def write_matrix(path: str | Path, rows: Iterable[MatrixRow]) -> int:

@@ -127,7 +127,9 @@ def test_unset_variable_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 @pytest.mark.parametrize(
     ("args", "option"),
     [(["label", "--limit", "0"], "--limit"), (["label", "--batch-size", "-1"], "--batch-size"),
-     (["workload", "generate", "--out", "x", "--n-test", "-5"], "--n-test")],
+     (["workload", "generate", "--out", "x", "--n-test", "-5"], "--n-test"),
+     (["demo", "--n-per-task", "0"], "--n-per-task"),
+     (["serve-tier", "T1", "--config", "c.yaml", "--log-level", "loud"], "--log-level")],
 )
 def test_option_ranges_of_owned_commands(tmp_path: Path, args: list[str], option: str) -> None:
     base = ["--config", str(config_file(tmp_path)), "--data", str(data_file(tmp_path)),

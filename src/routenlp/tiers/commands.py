@@ -72,12 +72,22 @@ def fit(
     console.print(table)
 
 
+def _uvicorn_level(value: str) -> str:
+    levels = ("critical", "error", "warning", "info", "debug", "trace")
+    if value.lower() not in levels:
+        raise typer.BadParameter(f"unknown level {value!r}; choose one of {', '.join(levels)}")
+    return value.lower()
+
+
 def serve_tier(
     name: str = typer.Argument(..., help="tier name, e.g. T1"),
     config: Path = typer.Option(..., "--config", "-c", help="ensemble config YAML"),
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(DEFAULT_TIER_PORT, "--port", "-p", min=1, max=65535),
-    log_level: str = typer.Option("warning", "--log-level"),
+    log_level: str = typer.Option(
+        "warning", "--log-level", callback=_uvicorn_level,
+        help="uvicorn's log level: critical, error, warning, info, debug or trace",
+    ),
 ) -> None:
     """Serve one tier over the OpenAI chat-completions API (stream and non-stream)."""
     import uvicorn
