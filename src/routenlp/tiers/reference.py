@@ -15,6 +15,7 @@ waited only with `options.sleep: true`). Everything it returns says
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import threading
 import time
@@ -26,6 +27,7 @@ from routenlp.config import REFERENCE_LABEL, EnsembleConfig, TaskConfig, TierCon
 from routenlp.errors import RouteNLPError
 from routenlp.tiers.base import BaseTier, Generation, Request, Tier, Usage, register_tier
 
+log = logging.getLogger(__name__)
 DEFAULT_P50_MS = 900.0  # a frontier chat completion of ~100 tokens
 DEFAULT_P99_MS = 4000.0
 _Z99 = NormalDist().inv_cdf(0.99)
@@ -238,4 +240,12 @@ class ReferenceTier(BaseTier):
 
 @register_tier("reference")
 def _build(config: TierConfig, ensemble: EnsembleConfig) -> ReferenceTier:
-    return ReferenceTier(config, ensemble)
+    tier = ReferenceTier(config, ensemble)
+    opts = tier.options
+    log.info(
+        "tier %s: %s; error rate %.3g served by %s; latency p50 %s ms, p99 %s ms (%s)",
+        config.name, tier.label, opts.error_rate, opts.fallback_tier or "a degraded answer",
+        config.latency_p50_ms or DEFAULT_P50_MS, config.latency_p99_ms or DEFAULT_P99_MS,
+        "waited" if opts.sleep else "recorded, not waited",
+    )
+    return tier
