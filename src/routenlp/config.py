@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from routenlp.errors import ConfigError
 
-TierKind = Literal["classifier", "local", "openai_compat", "replay"]
+TierKind = Literal["classifier", "local", "openai_compat", "replay", "reference"]
+REFERENCE_LABEL = "simulated frontier (reference answers)"
 UncertaintySignal = Literal["auto", "token_logprob", "max_prob", "confidence", "estimator"]
 TASK_KINDS = (
     "intent_classification",
@@ -35,11 +36,29 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class ReferenceOptions(_Strict):
+    """`options:` of a `reference` tier (the simulated frontier): strict, so a typo fails."""
+
+    error_rate: float = Field(
+        0.05, ge=0, le=1, description="share of queries answered by the next tier down instead"
+    )
+    fallback_tier: str | None = Field(
+        None, description="tier whose answer is served on a simulated error (none: a degraded "
+        "reference answer)"
+    )
+    seed: int = Field(0, description="seed of the per-query error and latency draws")
+    sleep: bool = Field(False, description="really wait the drawn latency (off: only recorded)")
+
+
 class TierConfig(_Strict):
     """One model endpoint with a price and the tasks it can serve."""
 
     name: str
     kind: TierKind
+    label: str | None = Field(
+        None, description="what tables, reports and logs call this tier (default: its name; "
+        f"reference tiers: {REFERENCE_LABEL!r})"
+    )
     model: str | None = Field(None, description="local model name, HF path, or remote model id")
     base_url: str | None = None
     api_key: str | None = None
@@ -59,7 +78,35 @@ class TierConfig(_Strict):
     enabled_if_env: str | None = Field(
         None, description="tier is dropped unless this environment variable is set"
     )
+    disabled_if_env: str | None = Field(
+        None, description="tier is dropped when this environment variable is set (a stand-in "
+        "that a real endpoint replaces, e.g. the simulated frontier)"
+    )
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _kind_options(self) -> TierConfig:
+        if self.kind == "reference":
+            try:
+                ReferenceOptions.model_validate(self.options)
+            except ValidationError as err:  # typo in options -> one line naming the key
+                parts = []
+                for e in err.errors():
+                    key = ".".join(str(x) for x in e["loc"])
+                    msg = "unknown key (not allowed here)" if e["type"] == "extra_forbidden" else e["msg"]
+                    parts.append(f"options.{key}: {msg}")
+                raise ValueError("; ".join(parts)) from None
+        return self
+
+    @property
+    def display_name(self) -> str:
+        """Name plus label for tables and logs, e.g. `T4 (simulated frontier (reference ...))`."""
+        label = self.label or (REFERENCE_LABEL if self.kind == "reference" else None)
+        return self.name if not label or label == self.name else f"{self.name} ({label})"
+
+    @property
+    def reference_options(self) -> ReferenceOptions:
+        return ReferenceOptions.model_validate(self.options)
 
     @property
     def unit_price(self) -> float:
@@ -208,6 +255,20 @@ class EnsembleConfig(_Strict):
                     f"than {prev.name!r} ({prev.unit_price}/1K) listed before it; list the "
                     "cheapest tier first"
                 )
+        for i, tier in enumerate(self.tiers):
+            if tier.kind != "reference":
+                continue
+            fb = tier.reference_options.fallback_tier
+            if fb is not None and fb not in names:
+                raise ValueError(
+                    f"tiers[{i}].options.fallback_tier: unknown tier {fb!r} in tier "
+                    f"{tier.name!r}; known tiers: {names}"
+                )
+            if fb == tier.name:
+                raise ValueError(
+                    f"tiers[{i}].options.fallback_tier: tier {tier.name!r} cannot fall back "
+                    "to itself"
+                )
         for task in self.tasks:
             if not any(t.serves(task.name) for t in self.tiers):
                 raise ValueError(f"tasks: no tier serves task {task.name!r}")
@@ -236,6 +297,20 @@ class EnsembleConfig(_Strict):
                 return t
         raise UnknownTaskError(f"unknown task {name!r}; known tasks: {self.task_names}")
 
+    def restricted_to(self, tier_names: list[str] | set[str]) -> EnsembleConfig:
+        """A validated copy with only the named tiers, e.g. those a matrix was labelled
+        with (a matrix from before a tier was added cannot be replayed with it)."""
+        keep = set(tier_names)
+        unknown = sorted(keep - set(self.tier_names))
+        if unknown:
+            raise ConfigError(f"unknown tier(s) {unknown}; known tiers: {self.tier_names}")
+        raw = self.model_dump(mode="python")
+        raw["tiers"] = [t for t in raw["tiers"] if t["name"] in keep]
+        try:
+            return EnsembleConfig.model_validate(raw)
+        except ValidationError as err:
+            raise ConfigError(_format_validation_error(err, f"{self.name} (tiers {sorted(keep)})")) from None
+
     def tiers_for(self, task: str) -> list[TierConfig]:
         """Tiers that serve a task, cheapest first."""
         return [t for t in self.tiers if t.serves(task)]
@@ -247,24 +322,53 @@ class EnsembleConfig(_Strict):
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:-|:\?)([^}]*))?\}")
 
 
-def _expand_env(value: Any) -> Any:
-    """Expand ${VAR} and ${VAR:-default} in strings (endpoints come from the environment)."""
+def _expand_env(value: Any, *, where: str = "", strict: bool = True) -> Any:
+    """Expand `${VAR}`, `${VAR:-default}` and `${VAR:?message}` in strings.
+
+    Endpoints and keys come from the environment. `${VAR}` with VAR unset is an error
+    naming VAR and the key (a silent "" would surface later as a confusing connection
+    error); `:-` gives a default for unset-or-empty; `:?` fails with the given message.
+    `strict=False` (tiers switched off by `enabled_if_env`) leaves unset variables empty
+    so such a tier's schema can still be checked."""
     if isinstance(value, str):
 
         def repl(m: re.Match[str]) -> str:
-            got = os.environ.get(m.group(1))
-            if got is None or got == "":
-                return m.group(2) if m.group(2) is not None else ""
+            var, op, arg = m.group(1), m.group(2), m.group(3)
+            got = os.environ.get(var)
+            if op == ":-":
+                return got if got else arg
+            if op == ":?":
+                if got:
+                    return got
+                if not strict:
+                    return ""
+                reason = arg.strip() or "it is required"
+                raise ConfigError(
+                    f"{where or 'config'}: environment variable {var} is not set: {reason}"
+                )
+            if got is None:
+                if not strict:
+                    return ""
+                raise ConfigError(
+                    f"{where or 'config'}: environment variable {var} is not set",
+                    hint=f"export {var}=..., or write ${{{var}:-default}} in the config",
+                )
             return got
 
         return _ENV_RE.sub(repl, value)
     if isinstance(value, list):
-        return [_expand_env(v) for v in value]
+        return [
+            _expand_env(v, where=f"{where}.{i}" if where else str(i), strict=strict)
+            for i, v in enumerate(value)
+        ]
     if isinstance(value, dict):
-        return {k: _expand_env(v) for k, v in value.items()}
+        return {
+            k: _expand_env(v, where=f"{where}.{k}" if where else str(k), strict=strict)
+            for k, v in value.items()
+        }
     return value
 
 
@@ -281,22 +385,52 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+def _gated_off(tier: Any) -> bool:
+    """A tier dropped from the ensemble: its `enabled_if_env` variable is unset or empty,
+    or its `disabled_if_env` variable is set."""
+    if not isinstance(tier, dict):
+        return False
+    gate, veto = tier.get("enabled_if_env"), tier.get("disabled_if_env")
+    if gate and not os.environ.get(str(gate)):
+        return True
+    return bool(veto) and bool(os.environ.get(str(veto)))
+
+
 def parse_config(raw: dict[str, Any], source: str = "<dict>") -> EnsembleConfig:
-    """Validate a config dict; drop tiers whose `enabled_if_env` variable is unset."""
+    """Validate a config dict; drop tiers switched off by `enabled_if_env`/`disabled_if_env`.
+
+    A dropped tier is still checked against the tier schema (a typo in it must fail now,
+    not on the day the variable is set); its unset variables are not errors."""
     if not isinstance(raw, dict):
         raise ConfigError(f"invalid config {source}: the top level must be a mapping")
-    raw = _expand_env(raw)
     tiers = raw.get("tiers")
+    kept: list[Any] | None = None
     if isinstance(tiers, list):
         kept = []
-        for t in tiers:
-            gate = t.get("enabled_if_env") if isinstance(t, dict) else None
-            if gate and not os.environ.get(gate):
+        problems: list[str] = []
+        for i, t in enumerate(tiers):
+            if not _gated_off(t):
+                kept.append(_expand_env(t, where=f"{source}: tiers.{i}"))
                 continue
-            kept.append(t)
-        raw = {**raw, "tiers": kept}
+            try:
+                TierConfig.model_validate(_expand_env(t, strict=False))
+            except ValidationError as err:
+                for e in err.errors():
+                    loc = ".".join(str(x) for x in ("tiers", i, *e["loc"]))
+                    msg = "unknown key (not allowed here)" if e["type"] == "extra_forbidden" else e["msg"]
+                    problems.append(f"  {loc}: {msg} (in a tier switched off by the environment)")
+        if problems:
+            raise ConfigError("\n".join([f"invalid config {source}:", *problems]))
+    rest = {k: v for k, v in raw.items() if k != "tiers"}
+    expanded = {
+        k: _expand_env(v, where=f"{source}: {k}") for k, v in rest.items()
+    }
+    if kept is not None:
+        expanded["tiers"] = kept
+    elif "tiers" in raw:
+        expanded["tiers"] = raw["tiers"]
     try:
-        return EnsembleConfig.model_validate(raw)
+        return EnsembleConfig.model_validate(expanded)
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err, source)) from None
 
@@ -306,10 +440,20 @@ def load_config(path: str | Path) -> EnsembleConfig:
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"config file not found: {p}")
+    if p.is_dir():
+        raise ConfigError(
+            f"--config {p} is a directory, not an ensemble YAML file",
+            hint=f"pass a file, e.g. {p / 'ensemble.yaml'} or examples/local-cpu.yaml",
+        )
     try:
-        raw = yaml.safe_load(p.read_text())
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config {p} cannot be read: {err}") from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"config {p} is not valid YAML: {err}") from None
+        first = str(err).strip().replace("\n", " ")
+        raise ConfigError(f"config {p} is not valid YAML: {first}") from None
     return parse_config(raw or {}, str(p))
 
 

@@ -59,10 +59,13 @@ def register(app: typer.Typer) -> None:
         ),
         n_per_task: int = typer.Option(
             60,
+            min=3,
             help="queries labelled per task, split 35/35/30 into train/cal/test (alpha=0.05 "
             "needs >= 19 calibration rows per task to accept anything)",
         ),
-        n_train: int = typer.Option(300, help="training rows per task for the classifier tier"),
+        n_train: int = typer.Option(
+            300, min=2, help="training rows per task for the classifier tier"
+        ),
         seed: int = typer.Option(13),
     ) -> None:
         """Run the pipeline on the built-in workload with local models and print the results."""
@@ -108,7 +111,11 @@ def register(app: typer.Typer) -> None:
             label_rows(cfg, rows, matrix_path, on_progress=lambda n: bar.advance(tid, n))
         wanted = {str(r["id"]) for r in rows}  # a re-run with a smaller --n-per-task
         matrix = [r for r in read_matrix(matrix_path) if r.id in wanted]
-        print_summary(summarise(matrix, cfg.tier_names), title="Per task, per tier")
+        print_summary(
+            summarise(matrix, cfg.tier_names),
+            title="Per task, per tier",
+            labels={t.name: t.display_name for t in cfg.tiers},
+        )
 
         train, cal, test = _split_matrix(matrix, seed, (0.35, 0.35))
         for name, part in (("train", train), ("cal", cal), ("test", test)):

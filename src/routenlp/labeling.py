@@ -9,6 +9,7 @@ stopping the run.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -43,13 +44,21 @@ class LabelStats:
     errors: int = 0
 
 
+def _finite(value: float | None) -> float | None:
+    """NaN/inf from a tier become null: the matrix reader rejects non-finite numbers."""
+    if value is None:
+        return None
+    x = float(value)
+    return x if math.isfinite(x) else None
+
+
 def _outcome(gen: Generation, quality: float | None) -> Outcome:
     return Outcome(
-        quality=quality,
-        cost=gen.cost,
-        latency_s=gen.latency_s,
-        uncertainty=generation_uncertainty(gen),
-        confidence=gen.confidence,
+        quality=_finite(quality),
+        cost=_finite(gen.cost),
+        latency_s=_finite(gen.latency_s),
+        uncertainty=_finite(generation_uncertainty(gen)),
+        confidence=_finite(gen.confidence),
         response=gen.text if gen.ok else None,
         tokens_in=gen.usage.tokens_in,
         tokens_out=gen.usage.tokens_out,
@@ -93,16 +102,24 @@ def label_rows(
     wanted = list(tier_names) if tier_names else config.tier_names
     for name in wanted:
         config.tier(name)  # unknown tier -> clear ConfigError
-    built: dict[str, Tier] = dict(tiers or {})
-    for name in wanted:
-        if name not in built:
-            built[name] = build_tier(config.tier(name), config)
 
     repair_tail(out_path)
     done = done_ids(out_path)
     todo = [r for r in rows if r["id"] not in done]
     stats = LabelStats(skipped=len(rows) - len(todo))
     specs = {t: get_task_spec(config.task(t)) for t in {r["task"] for r in todo}}
+    # Build (load) only the tiers some remaining row needs: a finished or resumed run
+    # does not pay for loading models it will not call.
+    needed = [n for n in wanted if any(config.tier(n).serves(t) for t in specs)]
+    built: dict[str, Tier] = dict(tiers or {})
+    for name in needed:
+        if name not in built:
+            built[name] = build_tier(config.tier(name), config)
+    for name, tier in built.items():  # the simulated frontier reuses its loaded fallback
+        cfg_t = config.tier(name)
+        fb = cfg_t.reference_options.fallback_tier if cfg_t.kind == "reference" else None
+        if fb in built and hasattr(tier, "attach_fallback"):
+            tier.attach_fallback(built[fb])  # type: ignore[attr-defined]
 
     by_task: dict[str, list[dict[str, Any]]] = {}
     for r in todo:
@@ -114,6 +131,8 @@ def label_rows(
         for start in range(0, len(task_rows), size):
             chunk = task_rows[start : start + size]
             requests = [spec.build_request(r["input"], id=r["id"]) for r in chunk]
+            for req, r in zip(requests, chunk):
+                req.reference = r.get("reference")  # read by the simulated-frontier tier only
             outcomes: list[dict[str, Outcome]] = [{} for _ in chunk]
             for name in serving:
                 gens = _safe_batch(built[name], requests)
@@ -177,7 +196,13 @@ def summarise(rows: Iterable[MatrixRow], tier_order: Sequence[str]) -> list[dict
     return out
 
 
-def print_summary(summary: list[dict[str, Any]], title: str = "Quality matrix") -> None:
+def print_summary(
+    summary: list[dict[str, Any]],
+    title: str = "Quality matrix",
+    labels: dict[str, str] | None = None,
+) -> None:
+    """The per-task, per-tier table; `labels` maps tier names to what the table shows
+    (e.g. `T4 (simulated frontier (reference answers))`)."""
     from rich.table import Table
 
     from routenlp.cli_utils import console
@@ -192,7 +217,7 @@ def print_summary(summary: list[dict[str, Any]], title: str = "Quality matrix") 
     for s in summary:
         table.add_row(
             s["task"],
-            s["tier"],
+            (labels or {}).get(s["tier"], s["tier"]),
             str(s["n"]),
             fmt(s["quality"], ".3f"),
             fmt(s["cost"], ".6f"),
@@ -213,15 +238,32 @@ def register(app: typer.Typer) -> None:
         data: Path = typer.Option(..., "--data", "-d", help="task dataset JSONL"),
         out: Path = typer.Option(..., "--out", "-o", help="quality matrix JSONL (appended)"),
         tiers: str | None = typer.Option(None, help="comma-separated tiers (default: all)"),
-        limit: int | None = typer.Option(None, help="label only the first N rows per task"),
-        batch_size: int | None = typer.Option(None, help="override the tiers' batch sizes"),
+        limit: int | None = typer.Option(
+            None, "--limit", min=1, help="label only the first N rows per task"
+        ),
+        batch_size: int | None = typer.Option(
+            None, "--batch-size", min=1, help="override the tiers' batch sizes"
+        ),
+        as_json: bool = typer.Option(
+            False, "--json", help="print a JSON summary object on stdout instead of the table"
+        ),
     ) -> None:
         """Run every serving tier on every query, score it, write the quality matrix.
 
         Re-running skips rows already in --out; a failing tier is recorded as an error
         outcome and labelling goes on."""
+        from routenlp.cli_utils import console, print_json
+        from routenlp.errors import DataError
+
+        if out.exists() and out.is_dir():
+            raise DataError(f"--out {out} is a directory; give the matrix JSONL file to write")
         cfg = load_config(config)
         rows = load_task_rows(data)
+        if not rows:  # before any tier is loaded: the input is what is wrong
+            raise DataError(
+                f"--data {data}: the input file has no rows",
+                hint="each line must be a JSON object with id, task, input and reference",
+            )
         if limit:
             per: dict[str, int] = {}
             kept = []
@@ -230,10 +272,11 @@ def register(app: typer.Typer) -> None:
                 if per[r["task"]] <= limit:
                     kept.append(r)
             rows = kept
-        names = [t.strip() for t in tiers.split(",")] if tiers else None
+        names = [t.strip() for t in tiers.split(",") if t.strip()] if tiers else None
+        t0 = time.perf_counter()
         with progress() as bar:
             task_id = bar.add_task("labelling", total=len(rows))
-            already = len(done_ids(out) & {r["id"] for r in rows})
+            already = len(done_ids(out) & {str(r["id"]) for r in rows})
             bar.advance(task_id, already)
             stats = label_rows(
                 cfg,
@@ -243,9 +286,25 @@ def register(app: typer.Typer) -> None:
                 batch_size=batch_size,
                 on_progress=lambda n: bar.advance(task_id, n),
             )
-        print_summary(summarise(read_matrix(out), cfg.tier_names), title=f"Quality matrix {out}")
-        from routenlp.cli_utils import console
-
+        summary = summarise(read_matrix(out), cfg.tier_names)
+        labels = {t.name: t.display_name for t in cfg.tiers}
+        if as_json:
+            print_json(
+                {
+                    "config": str(config),
+                    "data": str(data),
+                    "out": str(out),
+                    "rows": len(rows),
+                    "written": stats.written,
+                    "skipped": stats.skipped,
+                    "errors": stats.errors,
+                    "seconds": round(time.perf_counter() - t0, 3),
+                    "tiers": labels,
+                    "summary": summary,
+                }
+            )
+            return
+        print_summary(summary, title=f"Quality matrix {out}", labels=labels)
         console.print(
             f"labelled {stats.written} rows, skipped {stats.skipped} already done, "
             f"{stats.errors} tier errors recorded -> {out}"

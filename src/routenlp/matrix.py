@@ -62,6 +62,40 @@ class MatrixRow(BaseModel):
         return None if o is None else o.quality
 
 
+# Numeric outcome fields and the range each must lie in (None: any finite number).
+# Quality is the task metric's per-sample score; tau, quality ratios and the conformal
+# loss all assume [0, 1], so 5.0 (a 1-10 judge score, say) must be rescaled upstream.
+_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "quality": (0.0, 1.0),
+    "cost": (0.0, None),
+    "latency_s": (0.0, None),
+    "uncertainty": (None, None),
+    "confidence": (None, None),
+}
+
+
+def outcome_problem(outcome: Outcome) -> str | None:
+    """What is wrong with an outcome's numbers (`field: why`), or None when they are usable.
+
+    Missing values are null, never NaN: a NaN would silently drop out of every mean and
+    threshold instead of failing here."""
+    for name, (lo, hi) in _RANGES.items():
+        value = getattr(outcome, name)
+        if value is None:
+            continue
+        x = float(value)
+        if math.isnan(x) or math.isinf(x):
+            return f"{name}: {value} is not a number (write null for a missing value)"
+        if (lo is not None and x < lo) or (hi is not None and x > hi):
+            span = f"[{lo:g}, {hi:g}]" if hi is not None else f">= {lo:g}"
+            return f"{name}: {value} is outside {span}"
+    for name in ("tokens_in", "tokens_out"):
+        value = getattr(outcome, name)
+        if value is not None and value < 0:
+            return f"{name}: {value} is negative"
+    return None
+
+
 def read_matrix(path: str | Path) -> list[MatrixRow]:
     """Read a quality matrix JSONL file; errors name the file and line."""
     return list(iter_matrix(path))
@@ -89,15 +123,30 @@ def iter_matrix(path: str | Path) -> Iterator[MatrixRow]:
                 obj["prompt"] = obj.get("input", "")
             obj["id"] = str(obj["id"])
             try:
-                yield MatrixRow.model_validate(obj)
+                row = MatrixRow.model_validate(obj)
             except ValidationError as err:
                 first = err.errors()[0]
                 loc = ".".join(str(x) for x in first["loc"])
                 raise DataError(f"{p}:{lineno}: {loc}: {first['msg']}") from None
+            for tier, outcome in row.outcomes.items():
+                problem = outcome_problem(outcome)
+                if problem:
+                    raise DataError(
+                        f"{p}:{lineno}: row {row.id!r}, outcomes.{tier}.{problem}"
+                    )
+            yield row
 
 
 def row_to_json(row: MatrixRow) -> str:
-    return json.dumps(row.model_dump(mode="json", exclude_none=False), sort_keys=True)
+    """One JSONL line. A NaN/inf outcome number (the in-memory "missing" of public
+    matrices) is written as null, so every file written here passes `iter_matrix`."""
+    data = row.model_dump(mode="json", exclude_none=False)
+    for outcome in data.get("outcomes", {}).values():
+        for name in _RANGES:
+            value = outcome.get(name)
+            if isinstance(value, float) and not math.isfinite(value):
+                outcome[name] = None
+    return json.dumps(data, sort_keys=True)
 
 
 def write_matrix(path: str | Path, rows: Iterable[MatrixRow]) -> int:

@@ -113,10 +113,78 @@ def test_yaml_errors(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", ["local-cpu.yaml", "openai-endpoints.yaml"])
-def test_shipped_examples_load(name: str) -> None:
+def test_shipped_examples_load(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    for k in range(1, 5):
+        monkeypatch.setenv(f"ROUTENLP_T{k}_BASE_URL", f"http://127.0.0.1:81{k}/v1")
+        monkeypatch.setenv(f"ROUTENLP_T{k}_MODEL", f"model-{k}")
     cfg = load_config(ROOT / "examples" / name)
     assert len(cfg.tasks) == 6
     assert cfg.tiers[0].name == "T1"
+
+
+def test_openai_example_names_the_missing_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    for k in range(1, 5):
+        monkeypatch.delenv(f"ROUTENLP_T{k}_BASE_URL", raising=False)
+    with pytest.raises(ConfigError, match=r"tiers\.0\.base_url: environment variable "
+                       r"ROUTENLP_T1_BASE_URL is not set: the T1 endpoint"):
+        load_config(ROOT / "examples" / "openai-endpoints.yaml")
+
+
+def test_unset_variable_without_default_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = base()
+    raw["tiers"][0]["model"] = "${ROUTENLP_TEST_UNSET}"
+    monkeypatch.delenv("ROUTENLP_TEST_UNSET", raising=False)
+    with pytest.raises(ConfigError, match=r"tiers\.0\.model: environment variable "
+                       r"ROUTENLP_TEST_UNSET is not set") as info:
+        parse_config(raw)
+    assert "ROUTENLP_TEST_UNSET:-default" in (info.value.hint or "")
+    monkeypatch.setenv("ROUTENLP_TEST_UNSET", "")  # set but empty: "" as in a shell
+    assert parse_config(raw).tiers[0].model == ""
+    raw["tiers"][0]["model"] = "${ROUTENLP_TEST_UNSET:-fallback}"
+    assert parse_config(raw).tiers[0].model == "fallback"
+    raw["tiers"][0]["model"] = "${ROUTENLP_TEST_UNSET:?set it to the model id}"
+    with pytest.raises(ConfigError, match="ROUTENLP_TEST_UNSET is not set: set it to the model id"):
+        parse_config(raw)
+    monkeypatch.setenv("ROUTENLP_TEST_UNSET", "m1")
+    assert parse_config(raw).tiers[0].model == "m1"
+
+
+def test_typo_in_a_gated_tier_fails_even_when_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = base()
+    raw["tiers"].append(
+        {"name": "remote", "kind": "openai_compat", "base_url": "${MY_URL}", "price_in": 8,
+         "price_out": 8, "enabled_if_env": "MY_URL", "timeuot_s": 5}
+    )
+    monkeypatch.delenv("MY_URL", raising=False)
+    with pytest.raises(ConfigError, match=r"tiers\.2\.timeuot_s: unknown key"):
+        parse_config(raw)
+    raw["tiers"][-1].pop("timeuot_s")
+    raw["tiers"][-1]["price_in"] = -1
+    with pytest.raises(ConfigError, match=r"tiers\.2\.price_in"):
+        parse_config(raw)
+
+
+def test_config_directory_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_config(tmp_path)
+
+
+def test_reference_tier_options_are_checked() -> None:
+    raw = base()
+    raw["tiers"].append({"name": "ref", "kind": "reference", "price_in": 8, "price_out": 8,
+                         "options": {"error_rate": 0.1, "fallback_tier": "big"}})
+    cfg = parse_config(raw)
+    assert cfg.tier("ref").reference_options.error_rate == 0.1
+    assert cfg.tier("ref").display_name == "ref (simulated frontier (reference answers))"
+    raw["tiers"][-1]["options"] = {"eror_rate": 0.1}
+    with pytest.raises(ConfigError, match="options.eror_rate: unknown key"):
+        parse_config(raw)
+    raw["tiers"][-1]["options"] = {"error_rate": 1.5}
+    with pytest.raises(ConfigError, match="options.error_rate"):
+        parse_config(raw)
+    raw["tiers"][-1]["options"] = {"fallback_tier": "T9"}
+    with pytest.raises(ConfigError, match="fallback_tier: unknown tier 'T9'"):
+        parse_config(raw)
 
 
 def test_openai_example_reads_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -147,7 +215,11 @@ def test_models_json(tmp_path: Path) -> None:
 
 def test_local_cpu_yaml_is_plain_yaml() -> None:
     raw = yaml.safe_load((ROOT / "examples" / "local-cpu.yaml").read_text())
-    assert [t["price_in"] for t in raw["tiers"]] == [0.01, 0.10, 0.80, 8.00]
+    assert [t["price_in"] for t in raw["tiers"]] == [0.01, 0.10, 0.80, 8.00, 8.00]
+    # the two T4 entries exclude each other: the simulated frontier unless a real one is set
+    t4s = [t for t in raw["tiers"] if t["name"] == "T4"]
+    assert [t["kind"] for t in t4s] == ["reference", "openai_compat"]
+    assert t4s[0]["disabled_if_env"] == t4s[1]["enabled_if_env"] == "ROUTENLP_T4_BASE_URL"
 
 
 def test_config_for_matrix_choice(tmp_path: Path) -> None:

@@ -82,3 +82,36 @@ def test_reads_shared_routing_matrix(require_shared_data: Path) -> None:
     assert len(m) == 947
     assert "gpt-4-1106-preview" in m[0].outcomes
     assert all(o.quality in (0.0, 1.0) for r in m[:50] for o in r.outcomes.values() if o.quality is not None)
+
+
+def _matrix_line(**outcome: object) -> str:
+    import json
+
+    return json.dumps({"id": "q1", "task": "t", "prompt": "p", "outcomes": {"T2": outcome}})
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('{"quality": 5.0}', r"m\.jsonl:2: row 'q1', outcomes\.T2\.quality: 5\.0 is outside \[0, 1\]"),
+        ('{"quality": 1.0, "uncertainty": NaN}', r"m\.jsonl:2: .*outcomes\.T2\.uncertainty: nan is not a number"),
+        ('{"quality": NaN}', r"outcomes\.T2\.quality: nan is not a number"),
+        ('{"quality": 0.5, "cost": -1}', r"outcomes\.T2\.cost: -1\.0 is outside >= 0"),
+        ('{"quality": 0.5, "latency_s": Infinity}', r"outcomes\.T2\.latency_s: inf is not a number"),
+        ('{"quality": 0.5, "tokens_out": -3}', r"outcomes\.T2\.tokens_out: -3 is negative"),
+    ],
+)
+def test_out_of_range_outcomes_are_rejected(tmp_path: Path, text: str, expected: str) -> None:
+    good = _matrix_line(quality=1.0, uncertainty=0.1)
+    bad = '{"id": "q1", "task": "t", "prompt": "p", "outcomes": {"T2": ' + text + "}}"
+    path = tmp_path / "m.jsonl"
+    path.write_text(good.replace('"q1"', '"q0"') + "\n" + bad + "\n")
+    with pytest.raises(DataError, match=expected):
+        read_matrix(path)
+
+
+def test_null_fields_and_range_edges_are_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "m.jsonl"
+    path.write_text(_matrix_line(quality=0.0, uncertainty=None, cost=0.0, latency_s=None) + "\n")
+    (row,) = read_matrix(path)
+    assert row.outcomes["T2"].quality == 0.0 and row.outcomes["T2"].uncertainty is None

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from routenlp.cli_groups import bench_app, models_app
-from routenlp.cli_utils import console, friendly_errors, progress, write_json
+from routenlp.cli_utils import console, friendly_errors, print_json, progress, write_json
 
 
 def _size(n: int | None) -> str:
@@ -28,6 +28,7 @@ def pull_cmd(
     names: list[str] = typer.Argument(..., help="registry model name(s), e.g. smollm2-135m-instruct"),
     force: bool = typer.Option(False, "--force", help="convert again even if the cache is valid"),
     engine: str = typer.Option("ctranslate2", "--engine", help="ctranslate2 (default) or transformers"),
+    as_json: bool = typer.Option(False, "--json", help="print {name: cache path} as JSON on stdout"),
 ) -> None:
     """Locate a model in its wheel and convert it once into the RouteNLP cache."""
     from routenlp.errors import ConfigError
@@ -41,6 +42,9 @@ def pull_cmd(
     with progress() as prog:
         for name in names:
             paths[name] = pull(name, progress=prog, force=force, engine=engine)  # type: ignore[arg-type]
+    if as_json:
+        print_json({name: str(path) for name, path in paths.items()})
+        return
     for name, path in paths.items():
         console.print(f"[green]{name}[/] -> {path}")
 
@@ -48,12 +52,19 @@ def pull_cmd(
 @models_app.command("list")
 @friendly_errors
 def list_cmd(
-    as_json: Optional[Path] = typer.Option(None, "--json", help="also write the list as JSON"),
+    as_json: bool = typer.Option(False, "--json", help="print the list as JSON on stdout"),
+    json_out: Optional[Path] = typer.Option(None, "--json-out", help="also write the list as JSON here"),
 ) -> None:
     """Registry models: installed wheel, conversion state, cache path and size."""
     from routenlp.models.registry import list_models
 
     rows = list_models()
+    payload = [{**r.__dict__, "path": str(r.path) if r.path else None} for r in rows]
+    if json_out:
+        write_json(json_out, payload)
+    if as_json:
+        print_json(payload)
+        return
     table = Table(title="RouteNLP local models")
     for col in ("name", "kind", "status", "engine", "size", "path"):
         table.add_column(col)
@@ -64,14 +75,6 @@ def list_cmd(
             str(r.path) if r.path else "-",
         )
     console.print(table)
-    if as_json:
-        write_json(
-            as_json,
-            [
-                {**r.__dict__, "path": str(r.path) if r.path else None}
-                for r in rows
-            ],
-        )
 
 
 @bench_app.command("tiers")

@@ -72,6 +72,9 @@ class Request:
     messages: list[dict[str, str]] | None = None
     max_tokens: int | None = None
     id: str | None = None
+    # The task's gold output when the caller knows it (labelling a dataset): only the
+    # `reference` tier (simulated frontier) reads it; real tiers never see it.
+    reference: Any = None
 
 
 @runtime_checkable
@@ -122,6 +125,7 @@ KIND_MODULES = {
     "local": "routenlp.tiers.hf_local",
     "openai_compat": "routenlp.tiers.openai_compat",
     "replay": "routenlp.tiers.replay",
+    "reference": "routenlp.tiers.reference",
 }
 
 

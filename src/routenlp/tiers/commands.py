@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from routenlp.cli_groups import tier_app
-from routenlp.cli_utils import console, err_console, friendly_errors, progress
+from routenlp.cli_utils import console, err_console, friendly_errors, print_json, progress
 from routenlp.config import load_config
 from routenlp.errors import ConfigError
 
@@ -39,6 +39,7 @@ def fit(
     ),
     val_fraction: float = typer.Option(0.1, "--val-fraction", min=0.0, max=0.5),
     seed: int = typer.Option(13, "--seed"),
+    as_json: bool = typer.Option(False, "--json", help="print the fit report as JSON on stdout"),
 ) -> None:
     """Fit a classifier tier's head (embeddings + logistic regression) on labelled rows."""
     from routenlp.tiers.classifier import fit_head_from_rows, read_task_rows
@@ -58,6 +59,9 @@ def fit(
             tier, rows, out_dir=out, task=task, val_fraction=val_fraction, seed=seed,
             on_progress=lambda done, total: bar.update(job, completed=done, total=total),
         )
+    if as_json:
+        print_json(result)
+        return
     table = Table(title=f"tier {name}: head for task {result['task']}")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -68,12 +72,22 @@ def fit(
     console.print(table)
 
 
+def _uvicorn_level(value: str) -> str:
+    levels = ("critical", "error", "warning", "info", "debug", "trace")
+    if value.lower() not in levels:
+        raise typer.BadParameter(f"unknown level {value!r}; choose one of {', '.join(levels)}")
+    return value.lower()
+
+
 def serve_tier(
     name: str = typer.Argument(..., help="tier name, e.g. T1"),
     config: Path = typer.Option(..., "--config", "-c", help="ensemble config YAML"),
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(DEFAULT_TIER_PORT, "--port", "-p", min=1, max=65535),
-    log_level: str = typer.Option("warning", "--log-level"),
+    log_level: str = typer.Option(
+        "warning", "--log-level", callback=_uvicorn_level,
+        help="uvicorn's log level: critical, error, warning, info, debug or trace",
+    ),
 ) -> None:
     """Serve one tier over the OpenAI chat-completions API (stream and non-stream)."""
     import uvicorn

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from routenlp.cli_groups import workload_app
-from routenlp.cli_utils import console, friendly_errors, progress
+from routenlp.cli_utils import console, friendly_errors, print_json, progress
 from routenlp.workloads.generator import (
     BUILTIN_TASKS,
     DEFAULT_N_TEST,
@@ -30,6 +30,7 @@ def generate_cmd(
     tasks: str | None = typer.Option(
         None, "--tasks", help=f"comma-separated subset of: {','.join(BUILTIN_TASKS)}"
     ),
+    as_json: bool = typer.Option(False, "--json", help="print the per-task summary as JSON on stdout"),
 ) -> None:
     """Generate the built-in workload: <out>/<task>/{train,test}.jsonl and card.json."""
     names = parse_task_list(tasks)
@@ -43,20 +44,32 @@ def generate_cmd(
             tasks=names,
             on_task=lambda _name: bar.advance(job),
         )
-    table = Table(title=f"built-in workload (seed {seed}) -> {out}")
-    for col in ("task", "kind", "metric", "labels", "train", "test", "difficulty", "hard"):
-        left = col in ("task", "kind", "metric")
-        table.add_column(col, justify="left" if left else "right", no_wrap=left)
+    summary = []
     for name, task_dir in written.items():
         task = BUILTIN_TASKS[name]
         rows = load_task_rows(task_dir / "train.jsonl") + load_task_rows(task_dir / "test.jsonl")
         diffs = [float(r["difficulty"]) for r in rows]
         n_tr = sum(1 for r in rows if "-train-" in r["id"])
-        mean = sum(diffs) / len(diffs) if diffs else 0.0
-        hard = sum(1 for d in diffs if d >= 0.7) / len(diffs) if diffs else 0.0
+        summary.append(
+            {
+                "task": name, "kind": task.card_kind, "metric": task.metric,
+                "labels": len(task.labels), "train": n_tr, "test": len(rows) - n_tr,
+                "difficulty_mean": sum(diffs) / len(diffs) if diffs else 0.0,
+                "hard_share": sum(1 for d in diffs if d >= 0.7) / len(diffs) if diffs else 0.0,
+                "dir": str(task_dir),
+            }
+        )
+    if as_json:
+        print_json({"out": str(out), "seed": seed, "tasks": summary})
+        return
+    table = Table(title=f"built-in workload (seed {seed}) -> {out}")
+    for col in ("task", "kind", "metric", "labels", "train", "test", "difficulty", "hard"):
+        left = col in ("task", "kind", "metric")
+        table.add_column(col, justify="left" if left else "right", no_wrap=left)
+    for s in summary:
         table.add_row(
-            name, task.card_kind, task.metric, str(len(task.labels) or "-"), str(n_tr),
-            str(len(rows) - n_tr), f"{mean:.2f}", f"{hard:.0%}",
+            s["task"], s["kind"], s["metric"], str(s["labels"] or "-"), str(s["train"]),
+            str(s["test"]), f"{s['difficulty_mean']:.2f}", f"{s['hard_share']:.0%}",
         )
     console.print(table)
     console.print("difficulty: mean per-row difficulty; hard: share of rows with difficulty >= 0.7")
