@@ -127,7 +127,8 @@ def create_app(config: EnsembleConfig, state: ServingState | Runtime, *,
 
         st = store if store is not None else runtime.store
         if st is None:
-            st = await run_in_threadpool(Store, config.store.url)
+            st = await run_in_threadpool(
+                lambda: Store(config.store.url, sqlite_synchronous=srv.log_sqlite_synchronous))
             holder["own_store"] = st
         runtime.store = st
         writer = LogWriter(st, max_pending=srv.log_queue_size, batch_size=srv.log_batch_size)
@@ -355,7 +356,7 @@ def create_app(config: EnsembleConfig, state: ServingState | Runtime, *,
         seconds = time.perf_counter() - t0
         metrics.observe_result(task, record, status, seconds)
         if status != "ok":
-            code = 504 if status == "timeout" else (499 if status == "cancelled" else 502)
+            code = {"timeout": 504, "cancelled": 499, "error": 500}.get(status, 502)
             if status == "failed" and all("circuit open" in (s.get("error") or "") or
                                           s.get("skipped_reason") for s in record["steps"]):
                 code = 503
@@ -392,6 +393,10 @@ def create_app(config: EnsembleConfig, state: ServingState | Runtime, *,
         except RouteNLPError as exc:
             record = _empty_record(st, task)
             status, err = "failed", f"task {task!r}: {exc.message}"
+        except Exception as exc:  # noqa: BLE001 - a bug, not a tier failure: log it, answer 500
+            log.exception("cascade error on request %s", rid)
+            record = _empty_record(st, task)
+            status, err = "error", f"internal routing error: {type(exc).__name__}: {exc}"
         finally:
             watcher.cancel()
         if status == "ok" and ctx.cancelled.is_set():
