@@ -67,3 +67,25 @@ def test_every_failure_kind_escalates(tmp_path: Path) -> None:
     finally:
         for p in procs:
             stop(p)
+
+
+def test_cancelled_request_calls_no_further_tier(tmp_path: Path) -> None:
+    """After the client has gone (CallContext.cancelled, set by the gateway's disconnect
+    watcher or its timeout), no tier is called and the cascade ends with a TierError."""
+    from routenlp.errors import TierError
+
+    cfg = parse_config({"tiers": [
+        {"name": n, "kind": "openai_compat", "model": "m", "base_url": f"http://127.0.0.1:{free_port()}/v1",
+         "price_in": p, "price_out": p, "timeout_s": 1, "max_retries": 0}
+        for n, p in (("A", 0.1), ("B", 1.0))],
+        "tasks": [{"name": "c", "kind": "generic", "metric": "score"}]})
+    state = ServingState.load(cfg)
+    ctx = CallContext()
+    ctx.cancelled.set()
+    CALL.set(ctx)
+    with pytest.raises(TierError) as err:
+        state.cascade.run("c", "hello")
+    steps = err.value.steps  # type: ignore[attr-defined]
+    assert [s["tier"] for s in steps] == ["A", "B"]
+    assert all("not called" in s["error"] for s in steps) and ctx.calls == []
+    assert all(t.breaker.state == "closed" for t in state.tiers.values())

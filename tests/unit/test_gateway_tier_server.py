@@ -83,14 +83,21 @@ def test_bench_gateway_bad_options_exit_2(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "meta.json" in r.output
 
 
-@pytest.mark.slow
-def test_bench_gateway_small_run(tmp_path: Path) -> None:
-    out = tmp_path / "gw.json"
-    r = CliRunner().invoke(cli_app, ["bench", "gateway", "--requests", "50", "--concurrency",
-                                     "1,4", "--json", str(out)])
-    assert r.exit_code == 0, r.output
-    data = json.loads(out.read_text())
-    assert set(data["rps"]) == {"1", "4"} and all(v > 0 for v in data["rps"].values())
-    assert data["runs"]["1"]["errors"] == 0 and data["runs"]["1"]["n"] >= 50
-    assert data["added_p50_ms"] == pytest.approx(
-        data["runs"]["1"]["p50_ms"] - data["upstream"]["p50_ms"])
+def test_serve_and_serve_tier_refuse_bad_input_with_exit_2(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps({
+        "tiers": [{"name": "T1", "kind": "openai_compat", "base_url": "http://127.0.0.1:9/v1",
+                   "model": "m", "price_in": 1, "price_out": 1}],
+        "tasks": [{"name": "chat", "kind": "generic", "metric": "score"}],
+        "store": {"url": f"sqlite:///{tmp_path / 'x.db'}"}}))
+    bad = tmp_path / "thr.json"
+    bad.write_text("{nope")
+    runner = CliRunner()
+    for args, needle in ((["serve", "--config", str(cfg), "--thresholds", str(bad)], "thr.json"),
+                         (["serve", "--config", str(cfg), "--router", str(tmp_path)], "router"),
+                         (["serve", "--config", str(cfg), "--log-level", "bogus"], "bogus"),
+                         (["serve-tier", "T1", "--config", str(cfg), "--log-level", "bogus"],
+                          "--log-level")):
+        r = runner.invoke(cli_app, args)
+        assert r.exit_code == 2, (args, r.output)
+        assert needle in r.output and "Traceback" not in r.output
