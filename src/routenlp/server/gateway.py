@@ -39,7 +39,13 @@ from routenlp.errors import RouteNLPError, TierError
 from routenlp.server.logwriter import LogWriter, QueueFull
 from routenlp.server.metrics import Metrics
 from routenlp.server.openai_schema import ChatCompletionRequest
-from routenlp.server.runtime import CALL, CallContext, Runtime, ServingState
+from routenlp.server.runtime import (
+    CALL,
+    CallContext,
+    Runtime,
+    ServingState,
+    gateway_request_builder,
+)
 from routenlp.server.security import BodyLimit, KeyRing, RateLimiter, bearer, key_id
 from routenlp.tiers.base import Generation, unsupported_params
 
@@ -322,8 +328,6 @@ def create_app(config: EnsembleConfig, state: ServingState | Runtime, *,
                 raise ApiError(400, f"tier {name!r} ({config.tier(name).kind}) does not support "
                                f"{bad}; drop them, or pin a tier that does (model=<tier>)",
                                param=bad[0], code="unsupported_parameter")
-        if body.logprobs and model == ROUTED_MODEL:
-            pass  # served when the accepted tier returned log-probs
         writer: LogWriter = holder["writer"]
         try:
             writer.reserve()
@@ -351,6 +355,9 @@ def create_app(config: EnsembleConfig, state: ServingState | Runtime, *,
         try:
             await writer.submit(_store_record(record))
         except RouteNLPError as err:
+            if "already logged" in err.message:
+                raise ApiError(409, f"metadata.request_id {rid!r} was already used by another "
+                               "request", param="metadata.request_id") from None
             raise ApiError(503, f"could not log the request, so it is not acknowledged: "
                            f"{err.message}", "server_error", code="store_error") from None
         seconds = time.perf_counter() - t0
@@ -372,7 +379,7 @@ def create_app(config: EnsembleConfig, state: ServingState | Runtime, *,
         def work() -> dict[str, Any]:
             CALL.set(ctx)
             if model == ROUTED_MODEL:
-                return st.cascade.run(task, query, id=rid).to_record() | {"_degraded": None}
+                return st.cascade.run(task, query, id=rid).to_record()
             return _pinned(st, task, query, rid, model)
 
         job = asyncio.ensure_future(run_in_threadpool(work))
@@ -401,7 +408,6 @@ def create_app(config: EnsembleConfig, state: ServingState | Runtime, *,
             watcher.cancel()
         if status == "ok" and ctx.cancelled.is_set():
             status, err = "cancelled", "client disconnected"
-        record.pop("_degraded", None)
         return record, status, err
 
     return app
@@ -427,10 +433,19 @@ def _empty_record(st: ServingState, task: str) -> dict[str, Any]:
             "ladder": [t.name for t in st.config.tiers_for(task)], "output": None}
 
 
+_PIN: list[Any] = []
+
+
+def _pin_builder() -> Any:
+    if not _PIN:
+        _PIN.append(gateway_request_builder())
+    return _PIN[0]
+
+
 def _pinned(st: ServingState, task: str, query: str, rid: str, model: str) -> dict[str, Any]:
     """A pinned tier: one call, no routing decision and no escalation."""
     tier = st.tiers[model]
-    req = st.cascade._request(st.config.task(task), query, rid)  # same prompt as routed
+    req = _pin_builder()(st.config.task(task), query, rid)  # the same prompt as routed
     t0 = time.perf_counter()
     gen: Generation = tier.generate(req)
     ms = gen.latency_s * 1000 if gen.latency_s else (time.perf_counter() - t0) * 1000
@@ -453,7 +468,8 @@ def _store_record(record: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in record.items() if not k.startswith("_")}
     out["response"] = out.pop("output", None)
     out["accepted"] = record.get("status") == "ok"
-    for k in ("tiers_tried", "usage", "quality", "pinned", "meta"):
+    degraded = bool((out.get("meta") or {}).get("degraded") or out.get("degraded"))
+    for k in ("tiers_tried", "usage", "quality", "pinned", "meta", "degraded"):
         out.pop(k, None)
     out["router"] = {"start_tier": out.pop("start_tier", None),
                      "router_tier": out.pop("router_tier", None),
@@ -463,6 +479,7 @@ def _store_record(record: dict[str, Any]) -> dict[str, Any]:
         if k in out:
             meta[k] = out.pop(k)
     meta["ladder"] = out.pop("ladder", meta.get("ladder"))
+    meta["degraded"] = degraded
     return out
 
 
