@@ -11,7 +11,7 @@ import pytest
 
 from routenlp.config import parse_config
 from routenlp.server.runtime import CALL, CallContext, ServingState
-from tests.integration.test_gateway import free_port, spawn, stop, wait_http
+from tests.integration.test_gateway_process import free_port, spawn, stop, wait_http
 
 pytestmark = pytest.mark.timeout(120)
 
