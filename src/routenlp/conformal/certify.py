@@ -129,6 +129,15 @@ def fit_map(u: Sequence[float | None] | np.ndarray, positive: Sequence[bool] | n
     return IsoMap(thresholds=xs, values=ys, n=int(ua.size))
 
 
+def lambda_grid(maps: Mapping[str, Mapping[str, IsoMap]], max_size: int = 48) -> list[float]:
+    """Candidate lambdas: 0, 1 and the maps' distinct p_hat levels in (0, 1) (where acceptance
+    changes), thinned to quantiles when there are more than `max_size`."""
+    vals = sorted({round(v, 6) for ts in maps.values() for m in ts.values() for v in m.values if 0 < v < 1})
+    if len(vals) > max_size - 2:
+        vals = sorted({round(float(x), 6) for x in np.quantile(vals, np.linspace(0, 1, max_size - 2))})
+    return [0.0, *vals, 1.0]
+
+
 def accepts(lam: float, p_hat: float) -> bool:
     """The served rule: lambda <= 0 accepts nothing, lambda >= 1 everything, else p_hat <= lambda."""
     if lam <= 0.0:
@@ -616,6 +625,7 @@ def replay_evaluator(
         cascade = Cascade(
             config, tiers, router=rt, policy=artifact.with_theta(theta), latency=latency,
             sla_aware=sla_aware, estimator=estimator, request_builder=_request_builder,
+            online=False,  # replay the certified theta itself, never a live online state
         )
         loss = np.zeros(len(rows))
         cost = np.zeros(len(rows))
@@ -635,6 +645,20 @@ def replay_evaluator(
     return evaluate
 
 
+def planning_latency(config: EnsembleConfig, rows: Sequence[MatrixRow]) -> dict[str, float] | None:
+    """Per-tier p50 (ms) the replayed Cascade plans its SLA rules with: the rows' recorded
+    latencies, else the config's profile (fixed, so every theta is replayed alike)."""
+    prof: dict[str, float] = {}
+    for t in config.tiers:
+        vals = [o.latency_s * 1000.0 for r in rows if (o := r.outcomes.get(t.name)) is not None
+                and o.latency_s is not None and math.isfinite(o.latency_s)]
+        if vals:
+            prof[t.name] = float(np.median(vals))
+        elif t.latency_p50_ms is not None:
+            prof[t.name] = float(t.latency_p50_ms)
+    return prof or None
+
+
 def _reject_rates(
     config: EnsembleConfig, rows: Sequence[MatrixRow], art: PolicyArtifact,
     estimator: QualityEstimator | None,
@@ -648,7 +672,7 @@ def _reject_rates(
         for tier, m in tiers.items():
             sig = art.signals.get(task, {}).get(tier, "none")
             us = row_uncertainties(config, trows, tier, signal=sig, estimator=estimator) if sig != "none" else [None] * len(trows)
-            rej = [not (u is not None or lam >= 1) or not accepts(lam, m.p_hat(u)) for u in us]
+            rej = [not accepts(lam, m.p_hat(u)) for u in us]  # p_hat(None) = 1
             out.setdefault(task, {})[tier] = float(np.mean(rej)) if rej else 1.0
     return out
 
@@ -666,17 +690,20 @@ def calibrate_policy(
     guarantee: Guarantee = "high-probability",
     per_task: bool = False,
     biases: Sequence[float | None] | None = None,
-    lambdas: Sequence[float] = DEFAULT_LAMBDAS,
+    lambdas: Sequence[float] | None = None,
     seed: int = 0,
     latency: Mapping[str, float] | None = None,
     sla_aware: bool = True,
     evaluator: Evaluator | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> PolicyArtifact:
-    """Fit the maps on split A (+ train rows), Pareto-test on B, return the artifact.
+    """Fit the maps on train rows (else on split A), Pareto-test on A/B, return the artifact.
 
+    Maps fitted on rows other than A keep A's risk estimates honest (isotonic fits are
+    optimistic on their own rows), so the Pareto order is better; validity only needs B.
     `biases`: the router cost-bias grid (default: the harness's grid for the router's rule;
-    [None] without a router). `evaluator` overrides the replayed Cascade (tests)."""
+    [None] without a router). `lambdas`: default the maps' own change points (`lambda_grid`).
+    `evaluator` overrides the replayed Cascade (tests)."""
     if not 0 < quality_target < 1:
         raise DataError(f"--quality-target must be in (0, 1), got {quality_target}")
     known = set(config.task_names)
@@ -693,8 +720,12 @@ def calibrate_policy(
     tasks = [r.task for r in rows]
     ia, ib = split_ab(tasks, seed=seed)
     ladders = task_ladders(config, tasks, router)
-    fit_rows = [rows[i] for i in ia] + list(train_rows or [])
+    if latency is None:
+        latency = planning_latency(config, train_rows or rows)
+    fit_rows = list(train_rows) if train_rows else [rows[i] for i in ia]
     maps, signals = fit_maps(config, fit_rows, ladders, estimator=estimator)
+    if lambdas is None:
+        lambdas = lambda_grid(maps)
     alphas = task_alphas(train_rows or rows, ladders, quality_target)
     if biases is None:
         if router is None:
