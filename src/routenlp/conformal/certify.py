@@ -480,12 +480,15 @@ class PolicyArtifact(BaseModel):
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise DataError(f"policy artifact {p} is not valid JSON: {err}") from None
         if not isinstance(raw, dict) or raw.get("kind") != "certified":
+            kind = raw.get("kind") if isinstance(raw, dict) else None
             raise DataError(
-                f"policy artifact {p}: not a certified policy (kind={raw.get('kind') if isinstance(raw, dict) else None!r})",
+                f"policy artifact {p}: not a certified policy (kind={kind!r})",
                 hint="per-tier thresholds files are loaded with Thresholds.load",
             )
         if raw.get("version") != ARTIFACT_VERSION:
-            raise DataError(f"policy artifact {p}: version {raw.get('version')!r}, expected {ARTIFACT_VERSION}")
+            raise DataError(
+                f"policy artifact {p}: version {raw.get('version')!r}, expected {ARTIFACT_VERSION}"
+            )
         try:
             return cls.model_validate(raw)
         except ValidationError as err:
@@ -548,6 +551,13 @@ def row_uncertainties(
     return out
 
 
+def _pair_us(config: EnsembleConfig, rows: Sequence[MatrixRow], tier: str, sig: str,
+             estimator: QualityEstimator | None) -> list[float | None]:
+    if sig == "none":
+        return [None] * len(rows)
+    return row_uncertainties(config, rows, tier, signal=sig, estimator=estimator)
+
+
 def pair_signal(config: EnsembleConfig, rows: Sequence[MatrixRow], tier: str,
                 estimator: QualityEstimator | None) -> str:
     """'estimator' when the tier is configured so or records no signal and an estimator
@@ -576,7 +586,7 @@ def fit_maps(
         for tier in ladder[:-1]:
             sig = pair_signal(config, trows, tier, estimator)
             signals.setdefault(task, {})[tier] = sig
-            us = row_uncertainties(config, trows, tier, signal=sig, estimator=estimator) if sig != "none" else [None] * len(trows)
+            us = _pair_us(config, trows, tier, sig, estimator)
             pos = [quality_of(r, top) - quality_of(r, tier) > 1e-12 for r in trows]
             maps.setdefault(task, {})[tier] = fit_map(us, pos)
     return maps, signals
@@ -614,7 +624,10 @@ def replay_evaluator(
     tasks = [r.task for r in rows]
     texts = [r.prompt for r in rows]
     routers: dict[float | None, Any] = {}
-    q_top = np.array([quality_of(r, artifact.ladders.get(r.task, [config.tiers_for(r.task)[-1].name])[-1]) for r in rows])
+    def top_of(task: str) -> str:
+        return artifact.ladders.get(task, [config.tiers_for(task)[-1].name])[-1]
+
+    q_top = np.array([quality_of(r, top_of(r.task)) for r in rows])
 
     def evaluate(theta: Theta) -> tuple[np.ndarray, np.ndarray]:
         rt = None
@@ -671,7 +684,7 @@ def _reject_rates(
         lam = art.theta_for(task).lam
         for tier, m in tiers.items():
             sig = art.signals.get(task, {}).get(tier, "none")
-            us = row_uncertainties(config, trows, tier, signal=sig, estimator=estimator) if sig != "none" else [None] * len(trows)
+            us = _pair_us(config, trows, tier, sig, estimator)
             rej = [not accepts(lam, m.p_hat(u)) for u in us]  # p_hat(None) = 1
             out.setdefault(task, {})[tier] = float(np.mean(rej)) if rej else 1.0
     return out
@@ -709,7 +722,10 @@ def calibrate_policy(
     known = set(config.task_names)
     rows = [r for r in rows if r.task in known]
     if not rows:
-        raise DataError(f"none of the calibration rows' tasks are in the config (config tasks: {config.task_names})")
+        raise DataError(
+            "none of the calibration rows' tasks are in the config "
+            f"(config tasks: {config.task_names})"
+        )
     if estimator is not None:
         overlap = set(estimator.train_ids) & {r.id for r in rows}
         if overlap:
