@@ -1,5 +1,9 @@
-"""The runtime policy: router decision -> tier call -> uncertainty -> threshold -> accept or
+"""The runtime loop: router decision -> tier call -> uncertainty -> accept rule -> accept or
 escalate, within the task's latency SLA.
+
+The accept rule lives in `routenlp.conformal.policy`: by default the certified policy
+(`policy=PolicyArtifact`: rung k accepts iff p_hat(u) <= lambda, one guarantee for the whole
+served policy), or `thresholds=Thresholds` (`policy="per-tier"`: u <= delta per tier).
 
 One `Cascade` object serves HTTP requests, replays labelled test splits (with replay tiers)
 and drives the closed loop, so what is evaluated is exactly what is served.
@@ -29,31 +33,38 @@ rung is the task's top and accepts unconditionally.
   The router's chosen tier is on its ladder (the success rule picks among the frontier);
   when it is not (label rule, another tier list), the request starts at the cheapest ladder
   tier at or above it in cost, or the ladder's top when none is.
+Skips before the call (unpaid): a rung the rule can never accept at (lambda <= 0, p_hat's
+floor above lambda, no calibrated threshold), and a rung whose signal is query-only (the
+learned estimator trained without answer features) when that signal rejects the query.
+Start higher uses the rung's calibrated reject rate as p_esc when the rule has one.
+Failures: a scoring error at a non-top rung escalates; when nothing is accepted (the top
+failed), the best answer already produced is served flagged `degraded` (lowest p_hat, else
+the priciest), else the next serving tier off the ladder; only when no tier produced an
+answer does `TierError` list every tier.
 Latency of a request = sum of the attempted tiers' `Generation.latency_s` (replay tiers give
 recorded latency); router/cascade overhead is reported separately as `overhead_ms`.
 """
 
 from __future__ import annotations
 
-import statistics
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from routenlp.config import EnsembleConfig, TaskConfig
+from routenlp.conformal.certify import PolicyArtifact
 from routenlp.conformal.estimator import QualityEstimator
-from routenlp.conformal.online import OnlineThresholds
+from routenlp.conformal.online import OnlineLambda, OnlineThresholds
+from routenlp.conformal.policy import AcceptRule, CertifiedRule, PerTierRule
 from routenlp.conformal.scores import uncertainty_of
 from routenlp.conformal.thresholds import Thresholds
-from routenlp.errors import ConfigError, RouteNLPError, TierError
+from routenlp.errors import ConfigError, TierError
+from routenlp.latency import MIN_OBSERVED, LatencyProfiles, LatencyStore
 from routenlp.tiers.base import Generation, Request, Tier
 
-MIN_OBSERVED = 5
-OBSERVED_WINDOW = 256
-STORE_PROFILE_TTL_S = 60.0
+__all__ = ["MIN_OBSERVED", "Cascade", "CascadeResult", "default_request_builder"]
 
 RequestBuilder = Callable[[TaskConfig, str, str | None], Request]
 LadderMode = Literal["frontier", "all"]
@@ -61,10 +72,6 @@ LadderMode = Literal["frontier", "all"]
 
 class _Router(Protocol):
     def decide(self, task: str, text: str, *, cost_bias: float | None = None) -> Any: ...
-
-
-class _LatencyStore(Protocol):
-    def latency_profile(self, tier: str, task: str | None = None) -> tuple[float, float] | None: ...
 
 
 @dataclass
@@ -88,6 +95,8 @@ class CascadeResult:
     meta: dict[str, Any] = field(default_factory=dict)
     ladder: list[str] = field(default_factory=list)
     ladder_mode: str = "all"
+    degraded: bool = False
+    policy: str = "per-tier"
 
     @property
     def quality(self) -> float | None:
@@ -112,6 +121,8 @@ class CascadeResult:
             "escalated": self.escalated,
             "ladder": list(self.ladder),
             "ladder_mode": self.ladder_mode,
+            "degraded": self.degraded,
+            "policy": self.policy,
             "output": self.generation.text,
             "quality": self.generation.quality,
             "usage": {
@@ -154,6 +165,15 @@ def default_request_builder() -> RequestBuilder:
     return build
 
 
+
+def _tried_summary(steps: list[dict[str, Any]]) -> str:
+    return "; ".join(
+        f"{s['tier']}: "
+        + (f"error {s['error']}" if s["error"] else s["skipped_reason"] or f"rejected (u={s['u']})")
+        for s in steps
+    )
+
+
 class Cascade:
     """Router -> tier -> uncertainty -> accept or escalate, SLA-aware. Thread-safe."""
 
@@ -163,15 +183,20 @@ class Cascade:
         tiers: Mapping[str, Tier],
         *,
         router: _Router | None = None,
-        thresholds: Thresholds,
+        thresholds: Thresholds | None = None,
+        policy: PolicyArtifact | Literal["per-tier", "certified"] | None = None,
         latency: Mapping[str, float | tuple[float, float]] | None = None,
         sla_aware: bool = True,
-        store: _LatencyStore | None = None,
-        online: OnlineThresholds | None = None,
+        store: LatencyStore | None = None,
+        online: OnlineThresholds | OnlineLambda | bool | None = None,
         estimator: QualityEstimator | None = None,
         request_builder: RequestBuilder | None = None,
         ladder: LadderMode | None = None,
     ) -> None:
+        """`policy`: a certified PolicyArtifact (default when `cascade.policy` is set in the
+        config), or "per-tier" with `thresholds`. `online`: an OnlineThresholds (per-tier)
+        or OnlineLambda (certified); None builds an OnlineLambda from `cascade.online` for a
+        certified policy; False disables online updates (offline replay)."""
         if ladder not in (None, "frontier", "all"):
             raise ConfigError(f"cascade: ladder must be 'frontier' or 'all', got {ladder!r}")
         has_frontier = router is not None and callable(getattr(router, "ladder", None))
@@ -187,8 +212,9 @@ class Cascade:
                 f"cascade: no tier object for configured tier(s) {missing}; "
                 f"given: {sorted(tiers)}"
             )
+        self.rule: AcceptRule = self._rule(config, thresholds, policy, online)
         needs_est = sorted(
-            {f"{t}/{k}" for t, k, e in thresholds.pairs() if e.signal == "estimator"}
+            set(self.rule.estimator_pairs())
             | {
                 f"*/{t.name}"
                 for t in config.tiers
@@ -205,55 +231,55 @@ class Cascade:
         self.tiers = dict(tiers)
         self.router = router
         self.thresholds = thresholds
-        self.online = online
+        self.policy = self.rule.kind
+        self.online = getattr(self.rule, "online", None)
         self.estimator = estimator
         self.sla_aware = sla_aware
         self.ladder_mode: LadderMode = ladder or ("frontier" if has_frontier else "all")
         self.store = store
-        self._latency: dict[str, float] = {}
-        for name, prof in (latency or {}).items():
-            self._latency[name] = float(prof[0] if isinstance(prof, tuple | list) else prof)
+        self.latency = LatencyProfiles(config, latency, store)
         self._builder = request_builder
         self._lock = threading.Lock()
-        self._observed: dict[str, deque[float]] = {}
-        self._store_cache: dict[tuple[str, str], tuple[float, float | None]] = {}
 
-    # -- latency profiles --------------------------------------------------------------
+    @staticmethod
+    def _rule(
+        config: EnsembleConfig,
+        thresholds: Thresholds | None,
+        policy: PolicyArtifact | str | None,
+        online: OnlineThresholds | OnlineLambda | bool | None,
+    ) -> AcceptRule:
+        if policy is None and thresholds is None:
+            if config.cascade.policy:
+                policy = PolicyArtifact.load(config.cascade.policy)
+            elif config.cascade.thresholds:
+                thresholds = Thresholds.load(config.cascade.thresholds)
+            else:
+                raise ConfigError(
+                    "cascade: no accept policy: pass policy=PolicyArtifact (routenlp calibrate "
+                    "--policy certified) or thresholds=Thresholds (--policy per-tier)",
+                    hint="or set cascade.policy / cascade.thresholds in the config",
+                )
+        if isinstance(policy, PolicyArtifact):
+            if online is None and config.cascade.online:
+                online = OnlineLambda.from_artifact(
+                    policy, gamma=config.cascade.gamma, path=config.cascade.online_state
+                )
+            if online is not None and not isinstance(online, OnlineLambda | bool):
+                raise ConfigError("cascade: a certified policy adapts online with OnlineLambda")
+            return CertifiedRule(policy, online if isinstance(online, OnlineLambda) else None)
+        if policy not in (None, "per-tier"):
+            raise ConfigError(
+                f"cascade: policy must be a PolicyArtifact or 'per-tier', got {policy!r}"
+            )
+        if thresholds is None:
+            raise ConfigError("cascade: policy='per-tier' needs thresholds=Thresholds")
+        if online is not None and not isinstance(online, OnlineThresholds | bool):
+            raise ConfigError("cascade: the per-tier policy adapts online with OnlineThresholds")
+        return PerTierRule(thresholds, online if isinstance(online, OnlineThresholds) else None)
+
     def expected_ms(self, tier: str, task: str | None = None) -> float | None:
         """Expected (p50) latency of a tier in ms, or None if unknown."""
-        if tier in self._latency:
-            return self._latency[tier]
-        cfg = self.config.tier(tier)
-        if cfg.latency_p50_ms is not None:
-            return float(cfg.latency_p50_ms)
-        with self._lock:
-            obs = self._observed.get(tier)
-            if obs is not None and len(obs) >= MIN_OBSERVED:
-                return float(statistics.median(obs))
-        if self.store is not None:
-            return self._store_p50(tier, task)
-        return None
-
-    def _store_p50(self, tier: str, task: str | None) -> float | None:
-        key = (tier, task or "")
-        now = time.monotonic()
-        with self._lock:
-            hit = self._store_cache.get(key)
-            if hit is not None and now - hit[0] < STORE_PROFILE_TTL_S:
-                return hit[1]
-        assert self.store is not None
-        try:
-            prof = self.store.latency_profile(tier, task)
-        except RouteNLPError:
-            prof = None
-        p50 = None if prof is None else float(prof[0])
-        with self._lock:
-            self._store_cache[key] = (now, p50)
-        return p50
-
-    def _observe(self, tier: str, ms: float) -> None:
-        with self._lock:
-            self._observed.setdefault(tier, deque(maxlen=OBSERVED_WINDOW)).append(ms)
+        return self.latency.expected_ms(tier, task)
 
     # -- policy --------------------------------------------------------------------------
     def ladder_for(self, task: str) -> tuple[list[str], LadderMode]:
@@ -266,11 +292,6 @@ class Cascade:
             if rungs:
                 return rungs, "frontier"
         return serving, "all"
-
-    def _delta(self, task: str, tier: str) -> float | None:
-        if self.online is not None and self.online.has(task, tier):
-            return self.online.delta(task, tier)
-        return self.thresholds.delta(task, tier)
 
     def _request(self, task_cfg: TaskConfig, query: str, id: str | None) -> Request:
         if self._builder is None:
@@ -291,6 +312,7 @@ class Cascade:
         lat_ms = gen.latency_s * 1000.0 if gen.latency_s and gen.latency_s > 0 else wall_ms
         if gen.ok and not gen.text.strip() and gen.quality is None:
             gen.error = "empty answer"
+        self.latency.observe(tier.name, lat_ms)
         return gen, lat_ms
 
     def _at_or_above(self, ladder: list[str], tier: str) -> int:
@@ -318,111 +340,137 @@ class Cascade:
             return self._at_or_above(ladder, start_tier), None, None, None
         if self.router is None:
             return 0, None, None, None
-        dec = self.router.decide(task, query)
+        b = self.rule.cost_bias(task)
+        dec = self.router.decide(task, query) if b is None else self.router.decide(task, query, cost_bias=b)
         probs = {str(k): float(v) for k, v in (getattr(dec, "probs", None) or {}).items()}
         p_esc = getattr(dec, "p_escalate", None)
         # off-ladder choice (label rule, a router trained on another tier list): start at
         # the cheapest ladder tier at or above it
         return self._at_or_above(ladder, dec.tier), dec.tier, probs, p_esc
 
+    def _start_higher(
+        self, task: str, serving: list[str], i: int, probs: dict[str, float], sla: float,
+        steps: list[dict[str, Any]],
+    ) -> int:
+        """Move the start up while p50(k) + p_esc(k) * p50(k+1) > SLA and k+1 fits; p_esc is
+        the rung's calibrated reject rate, else the router's mass above k."""
+        while i < len(serving) - 1:
+            k, nxt = serving[i], serving[i + 1]
+            pk, pn = self.expected_ms(k, task), self.expected_ms(nxt, task)
+            if pk is None or pn is None:
+                break
+            rej = self.rule.reject_rate(task, k)
+            pe = rej if rej is not None else sum(probs.get(t, 0.0) for t in serving[i + 1 :])
+            expected = pk + pe * pn
+            if expected <= sla or pn > sla:
+                break
+            steps.append(
+                _step(
+                    k,
+                    skipped_reason=f"start higher: p50 {pk:.0f} ms + p_escalate {pe:.2f} x "
+                    f"{nxt} p50 {pn:.0f} ms = {expected:.0f} ms > SLA {sla:.0f} ms",
+                )
+            )
+            i += 1
+        return i
+
+    def _query_only_u(self, task: str, tier: str, query: str) -> tuple[bool, float | None]:
+        """(True, u) when the rung's signal is the estimator without answer features: its u
+        is known before the call, so a rejection costs nothing."""
+        est = self.estimator
+        uses_est = self.rule.signal(task, tier) == "estimator" or self.config.tier(tier).uncertainty == "estimator"
+        if est is None or not uses_est or not est.has_tier(tier) or not est.answer_free(tier):
+            return False, None
+        try:
+            return True, est.uncertainty(tier, [query], [""])[0]
+        except Exception:  # noqa: BLE001 - a scoring failure means: cannot decide early
+            return False, None
+
+    def _score(self, task: str, name: str, gen: Generation, query: str) -> float | None:
+        tier_cfg = self.config.tier(name)
+        sig = self.rule.signal(task, name)
+        return uncertainty_of(
+            gen, tier_cfg, query=query, estimator=self.estimator,
+            signal="estimator" if sig == "estimator" else None,
+            calibrated_on="recorded" if sig == "recorded" else None,
+        )
+
     def run(
         self, task: str, query: str, *, id: str | None = None, start_tier: str | None = None
     ) -> CascadeResult:
-        """Serve one query; raises TierError only when the top tier fails too."""
+        """Serve one query; raises TierError only when no tier produced an answer."""
         t_begin = time.perf_counter()
         task_cfg = self.config.task(task)
         serving, ladder_mode = self.ladder_for(task)  # the escalation ladder, cheapest first
         i, router_tier, probs, p_esc = self._start(task, query, serving, start_tier)
         sla = float(task_cfg.sla_ms)
         steps: list[dict[str, Any]] = []
-
         if self.sla_aware and probs is not None:
-            while i < len(serving) - 1:
-                k, nxt = serving[i], serving[i + 1]
-                pk, pn = self.expected_ms(k, task), self.expected_ms(nxt, task)
-                if pk is None or pn is None:
-                    break
-                pe = sum(probs.get(t, 0.0) for t in serving[i + 1 :])
-                expected = pk + pe * pn
-                if expected <= sla or pn > sla:
-                    break
-                steps.append(
-                    _step(
-                        k,
-                        skipped_reason=f"start higher: p50 {pk:.0f} ms + p_escalate {pe:.2f} x "
-                        f"{nxt} p50 {pn:.0f} ms = {expected:.0f} ms > SLA {sla:.0f} ms",
-                    )
-                )
-                i += 1
+            i = self._start_higher(task, serving, i, probs, sla, steps)
         first = i
 
-        elapsed = 0.0
-        total_cost = 0.0
+        elapsed = total_cost = 0.0
         accepted_gen: Generation | None = None
         accepted_tier: str | None = None
+        produced: list[tuple[float, int, str, Generation]] = []  # (p_hat or 1, order, tier, gen)
         for j in range(first, len(serving)):
             name = serving[j]
             is_top = j == len(serving) - 1
-            tier_cfg = self.config.tier(name)
-            if not is_top and self._delta(task, name) is None:
-                # calibration found no threshold meeting alpha: calling the tier could only
-                # add cost and latency before the escalation that must follow
-                steps.append(_step(name, skipped_reason="never accepts: no calibrated threshold"))
-                continue
-            if self.sla_aware and not is_top:
-                exp = self.expected_ms(name, task)
-                remaining = sla - elapsed
-                if exp is not None and exp > remaining:
-                    later = [self.expected_ms(t, task) for t in serving[j + 1 :]]
-                    if any(x is None or x <= remaining for x in later):
-                        steps.append(
-                            _step(
-                                name,
-                                skipped_reason=f"p50 {exp:.0f} ms > remaining budget "
-                                f"{remaining:.0f} ms",
-                            )
-                        )
-                        continue
+            pre_known, pre_u = False, None
+            if not is_top:
+                why = self.rule.never_reason(task, name)
+                if why is not None:
+                    # calling the tier could only add cost and latency before the escalation
+                    steps.append(_step(name, skipped_reason=why))
+                    continue
+                if self.sla_aware and self._sla_skip(task, name, serving[j + 1 :], sla - elapsed, steps):
+                    continue
+                pre_known, pre_u = self._query_only_u(task, name, query)
+                if pre_known and not self.rule.accepts(task, name, pre_u):
+                    steps.append(_step(name, u=pre_u, threshold=self.rule.level(task, name),
+                                       skipped_reason="query-only signal rejects before the call"))
+                    continue
             gen, lat_ms = self._call(self.tiers[name], self._request(task_cfg, query, id))
             elapsed += lat_ms
             cost = float(gen.cost or 0.0)
             total_cost += cost
-            self._observe(name, lat_ms)
             if not gen.ok:
                 steps.append(_step(name, latency_ms=lat_ms, cost=cost, error=gen.error))
-                if is_top:
-                    tried = "; ".join(
-                        f"{s['tier']}: "
-                        + (
-                            f"error {s['error']}"
-                            if s["error"]
-                            else s["skipped_reason"] or f"rejected (u={s['u']})"
-                        )
-                        for s in steps
-                    )
-                    err = TierError(
-                        f"task {task!r}: the top tier {name!r} failed ({gen.error}); "
-                        f"no answer can be served. Tiers tried: {tried}",
-                        hint="check the top tier's endpoint/model (routenlp bench tiers)",
-                    )
-                    err.steps = steps  # type: ignore[attr-defined]
-                    raise err
                 continue
-            sig = "estimator" if self.thresholds.signal(task, name) == "estimator" else None
-            try:
-                u = uncertainty_of(gen, tier_cfg, query=query, estimator=self.estimator, signal=sig)
-            except RouteNLPError:
-                if not is_top:
-                    raise
-                u = None  # the top tier accepts regardless; u is only informative there
-            delta = None if is_top else self._delta(task, name)
-            accepted = is_top or (u is not None and delta is not None and u <= delta)
-            steps.append(
-                _step(name, u=u, threshold=delta, accepted=accepted, latency_ms=lat_ms, cost=cost)
-            )
+            u, err = pre_u, None
+            if not pre_known:
+                try:
+                    u = self._score(task, name, gen, query)
+                except Exception as exc:  # noqa: BLE001 - a scoring error escalates
+                    u = None  # the top accepts regardless; u is only informative there
+                    err = None if is_top else f"scoring failed: {type(exc).__name__}: {exc}"
+            level = None if is_top else self.rule.level(task, name)
+            accepted = is_top or (err is None and self.rule.accepts(task, name, u))
+            steps.append(_step(name, u=u, threshold=level, accepted=accepted, latency_ms=lat_ms,
+                               cost=cost, error=err))
             if accepted:
                 accepted_gen, accepted_tier = gen, name
                 break
+            rank = self._risk_rank(task, name, u)
+            produced.append((rank, -j, name, gen))
+        degraded = False
+        if accepted_gen is None:
+            degraded = True
+            if produced:
+                _, _, accepted_tier, accepted_gen = min(produced, key=lambda x: (x[0], x[1]))
+            else:
+                got = self._off_ladder(task, task_cfg, query, id, serving, steps)
+                if got is None:
+                    err = TierError(
+                        f"task {task!r}: no tier produced an answer; the top tier "
+                        f"{serving[-1]!r} failed too. Tiers tried: {_tried_summary(steps)}",
+                        hint="check the tiers' endpoints/models (routenlp bench tiers)",
+                    )
+                    err.steps = steps  # type: ignore[attr-defined]
+                    raise err
+                accepted_tier, accepted_gen, lat, c = got
+                elapsed += lat
+                total_cost += c
         assert accepted_gen is not None and accepted_tier is not None
         attempted = [s for s in steps if s["skipped_reason"] is None]
         tier_ms = sum(s["latency_ms"] for s in attempted)
@@ -444,29 +492,61 @@ class Cascade:
             overhead_ms=max(0.0, overhead),
             ladder=list(serving),
             ladder_mode=ladder_mode,
+            degraded=degraded,
+            policy=self.rule.kind,
         )
 
-    # -- feedback ------------------------------------------------------------------------
-    def feedback(self, record: CascadeResult | Mapping[str, Any], quality: float) -> int:
-        """Audited quality of a served answer -> online threshold updates.
+    def _sla_skip(
+        self, task: str, name: str, later: list[str], remaining: float, steps: list[dict[str, Any]]
+    ) -> bool:
+        """Skip a non-top rung whose p50 exceeds the remaining budget when a later one fits."""
+        exp = self.expected_ms(name, task)
+        if exp is None or exp <= remaining:
+            return False
+        lat = [self.expected_ms(t, task) for t in later]
+        if not any(x is None or x <= remaining for x in lat):
+            return False  # nothing later fits either: skipping buys nothing
+        steps.append(
+            _step(name, skipped_reason=f"p50 {exp:.0f} ms > remaining budget {remaining:.0f} ms")
+        )
+        return True
 
-        Every attempted non-top step of the request (top = the last rung of the request's
-        ladder, which accepts unconditionally) is one ACI step for its (task, tier): err = 1
-        iff that tier accepted the answer and quality < tau. Returns the number of updates
-        made (0 without online adaptation).
-        """
-        if self.online is None:
-            return 0
+    def _risk_rank(self, task: str, tier: str, u: float | None) -> float:
+        """How risky a rejected answer is, for the degraded fallback (lower = better)."""
+        if isinstance(self.rule, CertifiedRule):
+            return self.rule.artifact.p_hat(task, tier, u)
+        return 1.0  # per-tier: no common scale; the priciest produced answer wins the tie
+
+    def _off_ladder(
+        self, task: str, task_cfg: TaskConfig, query: str, id: str | None, ladder: list[str],
+        steps: list[dict[str, Any]],
+    ) -> tuple[str, Generation, float, float] | None:
+        """The next serving tiers off the ladder (pricier than the top first, then the
+        cheaper ones from the top down), until one answers."""
+        order = [t.name for t in self.config.tiers_for(task)]
+        top = order.index(ladder[-1]) if ladder[-1] in order else len(order) - 1
+        off = [t for t in order[top + 1 :] + order[:top][::-1] if t not in ladder]
+        for name in off:
+            gen, lat_ms = self._call(self.tiers[name], self._request(task_cfg, query, id))
+            cost = float(gen.cost or 0.0)
+            ok = gen.ok
+            steps.append(_step(name, accepted=ok, latency_ms=lat_ms, cost=cost,
+                               error=None if ok else gen.error, off_ladder=True))
+            if ok:
+                return name, gen, lat_ms, cost
+        return None
+
+    # -- feedback ------------------------------------------------------------------------
+    def feedback(
+        self, record: CascadeResult | Mapping[str, Any], quality: float, *,
+        top_quality: float | None = None,
+    ) -> int:
+        """Audited quality of a served answer -> online updates; returns how many were made.
+
+        Certified policy: one ACI step on the task's lambda with the served answer's regret vs
+        the ladder top (`top_quality` when the audit scored the top too). Per-tier: one step
+        per attempted non-top rung (err = accepted and quality < tau)."""
         rec = record.to_record() if isinstance(record, CascadeResult) else record
         task = str(rec["task"])
-        tau = self.config.task(task).tau
         ladder = rec.get("ladder") or [t.name for t in self.config.tiers_for(task)]
-        top = ladder[-1]
-        bad = quality < tau
-        n = 0
-        for s in rec.get("steps", []):
-            if s.get("skipped_reason") is not None or s["tier"] == top:
-                continue
-            if self.online.update(task, s["tier"], bool(s.get("accepted")) and bad) is not None:
-                n += 1
-        return n
+        return self.rule.feedback(rec, quality, self.config.task(task).tau, ladder[-1], top_quality)

@@ -199,6 +199,12 @@ class CascadeConfig(_Strict):
     online: bool = True
     gamma: float = Field(0.005, gt=0)
     thresholds: str | None = Field(None, description="thresholds JSON from `routenlp calibrate`")
+    policy: str | None = Field(
+        None, description="certified policy artifact JSON (`routenlp calibrate --policy certified`)"
+    )
+    online_state: str | None = Field(
+        None, description="online lambda state file shared by the server's workers (locked)"
+    )
 
 
 class StoreConfig(_Strict):

@@ -196,3 +196,52 @@ def test_cascade_replay_violation_rate_on_synthetic_matrix(tmp_path: Path) -> No
     for tier in ("T1", "T2"):
         rate = bad_at[tier] / visits[tier]
         assert rate <= 0.05 + 0.02, (tier, rate)  # one split: expected <= alpha, sampling noise
+
+
+def _correlated_matrix(path: Path, n: int, seed: int) -> None:
+    """Three tiers with a shared latent difficulty (routenlp.conformal.simulate.World)."""
+    from routenlp.conformal.simulate import World
+
+    q, u = World().draw(n, np.random.default_rng(seed))
+    rows = []
+    for i in range(n):
+        outs = {
+            t: Outcome(quality=float(q[i, j]), uncertainty=float(u[i, j]), cost=c, latency_s=0.2,
+                       tokens_in=5, tokens_out=2, response="a")
+            for j, (t, c) in enumerate((("T1", 0.01), ("T2", 0.03), ("T3", 0.1)))
+        }
+        rows.append(MatrixRow(id=f"{seed}-{i}", task="qa", prompt=f"q{seed}-{i}", outcomes=outs))
+    write_matrix(path, rows)
+
+
+def test_calibrate_certified_policy_cli(tmp_path: Path) -> None:
+    from routenlp.conformal.certify import PolicyArtifact
+
+    cfg = {
+        "tiers": [
+            {"name": n, "kind": "replay", "price_in": p, "price_out": p}
+            for n, p in (("T1", 0.01), ("T2", 0.1), ("T3", 1.0))
+        ],
+        "tasks": [{"name": "qa", "tau": 0.5}],
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    _correlated_matrix(tmp_path / "cal.jsonl", 1000, seed=7)
+    _correlated_matrix(tmp_path / "train.jsonl", 500, seed=8)
+    base = ["calibrate", "--config", str(tmp_path / "c.yaml"), "--matrix", str(tmp_path / "cal.jsonl")]
+    out, js = tmp_path / "P.json", tmp_path / "cert.json"
+    code, text = invoke(*base, "--policy", "certified", "--train-matrix", str(tmp_path / "train.jsonl"),
+                        "--quality-target", "0.95", "--delta", "0.1", "--out", str(out), "--json", str(js))
+    assert code == 0, text
+    art = PolicyArtifact.load(out)
+    payload = json.loads(js.read_text())
+    assert payload["policy"] == "certified" and payload["plain"] == art.certificate.plain()
+    # alpha_t = (1 - 0.95) * mean train quality of the top (~0.99)
+    assert art.alphas["qa"] == pytest.approx(0.05 * np.mean([r.quality("T3") for r in read_matrix(tmp_path / "train.jsonl")]))
+    assert art.certificate.certified and "with probability >= 90%, mean regret vs the top tier <=" in " ".join(text.split())
+    code, text = invoke(*base, "--policy", "certified", "--guarantee", "expected", "--alpha", "0.05", "--out", str(out))
+    assert code == 0, text
+    assert PolicyArtifact.load(out).certificate.guarantee == "expected" and "in expectation" in " ".join(text.split())
+    for bad, msg in ((["--policy", "best"], "--policy must be"), (["--policy", "certified", "--delta", "2"], "--delta must be"),
+                     (["--policy", "certified", "--guarantee", "sure"], "--guarantee must be")):
+        code, text = invoke(*base, *bad, "--out", str(out))
+        assert code == 2 and msg in text and "Traceback" not in text, text

@@ -205,13 +205,48 @@ def test_raising_tier_and_empty_answer_escalate(config: EnsembleConfig) -> None:
     assert "RuntimeError" in res.steps[0]["error"] and res.steps[1]["error"] == "empty answer"
 
 
-def test_top_tier_error_is_a_clear_tier_error(config: EnsembleConfig) -> None:
-    ts = tiers(config, T1=gen(0.9), T2=Generation(text="", error="timeout after 30s"), T3=Generation(text="", error="HTTP 500"))
+def test_top_tier_failure_serves_the_best_produced_answer_degraded(config: EnsembleConfig) -> None:
+    # issue 9: T1 produced an answer (rejected); the top fails -> serve T1's answer, degraded
+    ts = tiers(config, T1=gen(0.9, text="t1"), T2=Generation(text="", error="timeout after 30s"), T3=Generation(text="", error="HTTP 500"))
+    res = Cascade(config, ts, thresholds=thresholds()).run("qa", "q")
+    assert res.tier == "T1" and res.generation.text == "t1" and res.degraded
+    assert res.to_record()["degraded"] is True
+    assert [s["error"] for s in res.steps] == [None, "timeout after 30s", "HTTP 500"]
+
+
+def test_top_tier_error_is_a_clear_tier_error_when_nothing_was_produced(config: EnsembleConfig) -> None:
+    ts = tiers(config, T1=Generation(text="", error="HTTP 429"), T2=Generation(text="", error="timeout after 30s"), T3=Generation(text="", error="HTTP 500"))
     with pytest.raises(TierError) as info:
         Cascade(config, ts, thresholds=thresholds()).run("qa", "q")
     msg = str(info.value)
-    assert "top tier 'T3' failed (HTTP 500)" in msg
-    assert "T1: rejected" in msg and "T2: error timeout after 30s" in msg
+    assert "top tier 'T3' failed" in msg
+    assert "T1: error HTTP 429" in msg and "T2: error timeout after 30s" in msg and "T3: error HTTP 500" in msg
+
+
+def test_failing_top_falls_back_to_the_next_tier_off_the_ladder(config: EnsembleConfig) -> None:
+    # ladder T1 -> T2 (T3 off the frontier); T1 fails, T2 (top) fails -> T3 answers, degraded
+    ts = tiers(config, T1=Generation(text="", error="HTTP 503"), T2=Generation(text="", error="HTTP 500"), T3=gen(0.5, text="t3"))
+    res = Cascade(config, ts, router=FrontierRouter("T1", ["T1", "T2"]), thresholds=thresholds()).run("qa", "q")
+    assert res.tier == "T3" and res.degraded and res.steps[-1].get("off_ladder") is True
+    assert res.total_cost == pytest.approx(0.01)  # the failed calls recorded no cost
+
+
+def test_scoring_error_escalates(config: EnsembleConfig) -> None:
+    class BadEstimator:
+        def has_tier(self, tier: str) -> bool:
+            return True
+
+        def answer_free(self, tier: str) -> bool:
+            return False
+
+        def uncertainty(self, tier: str, q: list[str], a: list[str]) -> list[float]:
+            raise RuntimeError("encoder OOM")
+
+    th = thresholds()
+    th.thresholds["qa"]["T1"].signal = "estimator"
+    ts = tiers(config, T1=Generation(text="a", cost=0.01, usage=Usage(1, 1)), T2=gen(0.1))
+    res = Cascade(config, ts, thresholds=th, estimator=BadEstimator()).run("qa", "q")  # type: ignore[arg-type]
+    assert res.tier == "T2" and "scoring failed: RuntimeError: encoder OOM" in res.steps[0]["error"]
 
 
 def test_start_tier_and_validation(config: EnsembleConfig) -> None:

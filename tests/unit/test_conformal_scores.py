@@ -70,3 +70,14 @@ def test_outcome_risk() -> None:
     assert outcome_risk(Outcome(quality=1.0)) is None
     assert outcome_risk(None) is None
     assert np.isfinite(outcome_risk(Outcome(quality=0.0, confidence=2.0)))
+
+
+def test_recorded_pair_does_not_fall_back_to_the_estimator_scale() -> None:
+    # issue 9: a pair calibrated on the recorded signal must not score a signal-less answer
+    # with the estimator's 1 - P (another scale than its threshold): None, never accepted
+    est = _FakeEstimator()
+    g = Generation(text="answer")
+    assert uncertainty_of(g, tier(), query="q", estimator=est, calibrated_on="recorded") is None  # type: ignore[arg-type]
+    assert uncertainty_of(Generation(text="a", uncertainty=0.9), tier(), query="q", estimator=est, calibrated_on="recorded") == 0.9  # type: ignore[arg-type]
+    # an estimator-calibrated pair still uses it
+    assert uncertainty_of(g, tier(), query="q", estimator=est, signal="estimator") == 0.25  # type: ignore[arg-type]

@@ -173,3 +173,16 @@ def test_estimator_embeds_the_text_replay_serves() -> None:
 
     for resp in (None, "C", ["a", "b"], [{"text": "Apple", "type": "ORG"}], {"x": "é"}):
         assert answer_text(resp) == response_text(resp)
+
+
+def test_query_only_estimator_ignores_the_answer(tmp_path: Path) -> None:
+    cfg = make_config()
+    train = make_rows(300, seed=1, signal=False, prefix="train")
+    full = train_estimator(cfg, train, tiers=["T1"], encoder=FakeEncoder())
+    assert not full.answer_free("T1")
+    qo = train_estimator(cfg, train, tiers=["T1"], encoder=FakeEncoder(), query_only=True)
+    assert qo.answer_free("T1") and not qo.answer_free("T9")
+    a, b = qo.uncertainty("T1", ["q1", "q1"], ["a bad answer", "a fine answer"])
+    assert a == pytest.approx(b)  # u is known before the tier is called
+    qo.save(tmp_path / "qo")
+    assert QualityEstimator.load(tmp_path / "qo", encoder=FakeEncoder()).answer_free("T1")

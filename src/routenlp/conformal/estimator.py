@@ -85,6 +85,16 @@ class QualityEstimator:
     def has_tier(self, tier: str) -> bool:
         return tier in self.models
 
+    def answer_free(self, tier: str) -> bool:
+        """True when the tier's model ignores the answer (zero weight on every answer-derived
+        feature: a, q*a, |q-a|): its u is known before the tier is called, so the Cascade can
+        skip the call unpaid when the answer would be rejected anyway."""
+        m = self.models.get(tier)
+        if m is None:
+            return False
+        d = m.coef.size // 4
+        return bool(d > 0 and not np.any(m.coef[d:]))
+
     def prob_good(self, tier: str, queries: Sequence[str], answers: Sequence[str]) -> np.ndarray:
         """P(quality >= tau) for each (query, answer) at `tier`."""
         if tier not in self.models:
@@ -183,9 +193,13 @@ def train_estimator(
     encoder: TextEncoder | None = None,
     c: float = 1.0,
     seed: int = 13,
+    query_only: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> QualityEstimator:
     """Fit one logistic regression per tier on rows of tasks the config knows.
+
+    `query_only`: fit on the query embedding alone (answer-feature weights are zero), a
+    signal the Cascade evaluates before calling the tier.
 
     Label: quality >= tau of the row's task (errors and missing quality are bad).
     A tier whose labels are all one class gets a constant model (its base rate).
@@ -235,9 +249,13 @@ def train_estimator(
             )
             continue
         clf = LogisticRegression(C=c, max_iter=2000, random_state=seed)
-        clf.fit(x, y)
+        d = q_emb.shape[1]
+        clf.fit(x[:, :d] if query_only else x, y)
+        coef = clf.coef_[0].astype(np.float32)
+        if query_only:
+            coef = np.concatenate([coef, np.zeros(x.shape[1] - d, dtype=np.float32)])
         models[tier] = _TierModel(
-            coef=clf.coef_[0].astype(np.float32),
+            coef=coef,
             intercept=float(clf.intercept_[0]),
             n=len(y),
             positive_rate=rate,

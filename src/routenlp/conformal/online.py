@@ -23,14 +23,26 @@ span on each side (bounds stop a runaway when feedback is one-sided for a long t
 
 Pairs calibrated to "never accept" (delta = None) stay None: there was not enough evidence
 to accept at all, and feedback on rejected steps alone cannot create it.
+
+`OnlineLambda` is the same idea for the certified policy (`conformal/certify.py`): one
+level lambda per task on the common p_hat scale, moved by the served answer's regret vs the
+task's top (`lambda += gamma * (alpha - regret)`). There is no lower clamp: lambda <= 0 is an
+explicit accept-nothing state (every request served at the top, regret 0), from which each
+audited request moves lambda back up by gamma * alpha, so it recovers; the long-run mean
+regret then stays within (1 - lambda_min + gamma) / (gamma T) of alpha. Its state file is
+shared by several writers (server workers): every update is a read-modify-write under an
+exclusive file lock with a version counter, written atomically (temp + fsync + rename).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import threading
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +51,7 @@ from routenlp.conformal.thresholds import Thresholds
 from routenlp.errors import DataError
 
 STATE_VERSION = 1
+LAMBDA_STATE_VERSION = 1
 
 
 @dataclass
@@ -225,3 +238,160 @@ class OnlineThresholds:
                         f"online threshold state {p}: bad entry {task}/{tier}: {err}"
                     ) from None
         return obj
+
+
+@dataclass
+class TaskLambda:
+    lam0: float
+    lam: float
+    alpha: float
+    steps: int = 0
+    regret_sum: float = 0.0
+
+    @property
+    def accept_nothing(self) -> bool:
+        return self.lam <= 0.0
+
+    @property
+    def mean_regret(self) -> float | None:
+        return None if self.steps == 0 else self.regret_sum / self.steps
+
+
+class OnlineLambda:
+    """Adaptive conformal updates of the certified lambda, per task, from audited regret."""
+
+    def __init__(
+        self,
+        lam0: Mapping[str, float],
+        alpha: Mapping[str, float],
+        *,
+        gamma: float = 0.005,
+        path: str | Path | None = None,
+        source: Mapping[str, Any] | None = None,
+        refresh_s: float = 5.0,
+    ) -> None:
+        if gamma <= 0:
+            raise ValueError(f"gamma must be > 0, got {gamma}")
+        self.gamma = float(gamma)
+        self.path = Path(path) if path else None
+        self.source = dict(source or {})
+        self.refresh_s = refresh_s
+        self.version = 0
+        self._lock = threading.Lock()
+        self._read_at = 0.0
+        self._tasks = {t: TaskLambda(lam0=float(v), lam=float(v), alpha=float(alpha[t])) for t, v in lam0.items()}
+        if self.path is not None and self.path.exists():
+            with self._locked():
+                self._read()
+
+    @classmethod
+    def from_artifact(cls, artifact: Any, *, gamma: float = 0.005, path: str | Path | None = None) -> OnlineLambda:
+        """Start from the artifact's certified lambda per task (its alpha per task)."""
+        tasks = sorted(set(artifact.maps) | set(artifact.ladders))
+        lam0 = {t: artifact.theta_for(t).lam for t in tasks}
+        alpha = {}
+        for t in tasks:
+            tp = artifact.per_task.get(t)
+            cert = tp.certificate if tp is not None and tp.certificate is not None else artifact.certificate
+            alpha[t] = cert.alpha
+        src = {"created_at": artifact.created_at, "config_hash": artifact.config_hash}
+        return cls(lam0, alpha, gamma=gamma, path=path, source=src)
+
+    # -- state file ----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        assert self.path is not None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(self.path.name + ".lock"), "a+") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    def _read(self) -> None:
+        """Adopt the file's state (caller holds the file lock) when it is newer and ours."""
+        assert self.path is not None
+        self._read_at = time.monotonic()
+        if not self.path.exists():
+            return
+        try:
+            raw = json.loads(self.path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise DataError(f"online lambda state {self.path} is not valid JSON: {err}") from None
+        if not isinstance(raw, dict) or raw.get("version") != LAMBDA_STATE_VERSION:
+            raise DataError(f"online lambda state {self.path}: unknown format (version {raw.get('version') if isinstance(raw, dict) else None!r})")
+        if raw.get("source") != self.source:
+            return  # a recalibration supersedes what was learned online
+        seq = int(raw.get("seq", 0))
+        if seq < self.version:
+            return
+        try:
+            for t, st in raw.get("tasks", {}).items():
+                if t in self._tasks:
+                    self._tasks[t] = TaskLambda(**st)
+        except TypeError as err:
+            raise DataError(f"online lambda state {self.path}: bad entry: {err}") from None
+        self.version = seq
+
+    def _write(self) -> None:
+        assert self.path is not None
+        payload = {
+            "version": LAMBDA_STATE_VERSION,
+            "seq": self.version,
+            "source": self.source,
+            "gamma": self.gamma,
+            "updated_at": time.time(),
+            "tasks": {t: asdict(st) for t, st in self._tasks.items()},
+        }
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        with tmp.open("w", encoding="utf-8") as fh:
+            json.dump(payload, fh, indent=2, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+
+    # -- queries and updates -----------------------------------------------------------
+    def lam(self, task: str) -> float | None:
+        """The current lambda of a task (other writers' updates seen within refresh_s)."""
+        if self.path is not None and time.monotonic() - self._read_at > self.refresh_s:
+            with self._lock, self._locked():
+                self._read()
+        st = self._tasks.get(task)
+        return None if st is None else st.lam
+
+    def update(self, task: str, regret: float) -> float | None:
+        """One ACI step: lambda += gamma * (alpha - regret); no lower clamp, capped at 1
+        (lambda >= 1 already accepts everything). Returns the new lambda."""
+        r = min(1.0, max(0.0, float(regret)))
+        with self._lock:
+            if self.path is None:
+                return self._step(task, r)
+            with self._locked():
+                self._read()  # compare-and-swap: apply the step to the latest version
+                new = self._step(task, r)
+                if new is not None:
+                    self.version += 1
+                    self._write()
+                return new
+
+    def _step(self, task: str, r: float) -> float | None:
+        st = self._tasks.get(task)
+        if st is None:
+            return None
+        st.steps += 1
+        st.regret_sum += r
+        st.lam = min(1.0, st.lam + self.gamma * (st.alpha - r))
+        return st.lam
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "gamma": self.gamma,
+                "version": self.version,
+                "tasks": {
+                    t: {"lambda": st.lam, "lambda0": st.lam0, "alpha": st.alpha, "steps": st.steps,
+                        "mean_regret": st.mean_regret, "accept_nothing": st.accept_nothing}
+                    for t, st in self._tasks.items()
+                },
+            }

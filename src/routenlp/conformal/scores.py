@@ -72,12 +72,16 @@ def uncertainty_of(
     query: str | None = None,
     estimator: QualityEstimator | None = None,
     signal: str | None = None,
+    calibrated_on: str | None = None,
 ) -> float | None:
     """The tier's uncertainty for one answer (larger = riskier), or None if unavailable.
 
     `signal` overrides `tier_cfg.uncertainty` (the thresholds file records when a pair was
     calibrated with the learned estimator, and the cascade must then use it too). With
-    `auto` and nothing recorded on the Generation, the estimator is used when given.
+    `auto` and nothing recorded on the Generation, the estimator is used when given, except
+    for a pair calibrated on the recorded signal (`calibrated_on="recorded"`): the
+    estimator's 1 - P is on another scale than that pair's threshold, so the answer gets None
+    (never accepted at a non-top tier) instead.
     """
     from routenlp.tiers.base import token_uncertainty
 
@@ -88,7 +92,7 @@ def uncertainty_of(
         raise ConfigError(f"tier {tier_cfg.name!r}: unknown uncertainty signal {chosen!r}")
     kind = resolve_signal(gen, chosen)
     if kind is None:
-        kind = "estimator" if estimator is not None else None
+        kind = "estimator" if estimator is not None and calibrated_on != "recorded" else None
     if kind is None:
         return None
     if kind == "token_logprob":
