@@ -106,15 +106,37 @@ def test_cascade_numbers_by_hand() -> None:
         assert key in payload["systems"]["routenlp"]
 
 
-def test_reference_best_and_learned_baselines_need_train() -> None:
-    rs = rows()
-    for r in rs:  # make T1 the best single tier: perfect everywhere
-        r.outcomes["T1"] = r.outcomes["T1"].model_copy(update={"quality": 1.0})
-        r.outcomes["T2"] = r.outcomes["T2"].model_copy(update={"quality": 0.5})
-    res = evaluate(CFG, rs, router=None, thresholds=THR, baselines="all", reference="best", count_tokens=len)
-    assert res.reference == "always-T1"
+def _t1_best(rs: list[MatrixRow]) -> list[MatrixRow]:
+    """Copies where T1 is the best single tier: perfect everywhere, T2 at 0.5."""
+    out = []
+    for r in rs:
+        o = {"T1": r.outcomes["T1"].model_copy(update={"quality": 1.0}),
+             "T2": r.outcomes["T2"].model_copy(update={"quality": 0.5})}
+        out.append(r.model_copy(update={"outcomes": o}))
+    return out
+
+
+def test_reference_best_is_picked_on_train_and_ignores_test_labels() -> None:
+    train = _t1_best([r.model_copy(update={"id": "tr" + r.id}) for r in rows()])
+    test = rows()  # on test T2 is the best tier (T1 misses the hard half)
+    res = evaluate(CFG, test, router=None, thresholds=THR, baselines="none", reference="best",
+                   train_rows=train, count_tokens=len)
+    assert res.reference == "always-T1"  # train's best, although T2 is best on test
     assert res.systems["always-T1"].quality_ratio == pytest.approx(1.0)
-    assert "frugalgpt" not in res.systems
+    assert any("best single tier by mean train quality" in n for n in res.notes)
+    # flipping every test label leaves the choice alone
+    flipped = [r.model_copy(update={"outcomes": {k: o.model_copy(update={"quality": 1.0 - (o.quality or 0.0)})
+                                                  for k, o in r.outcomes.items()}}) for r in test]
+    res2 = evaluate(CFG, flipped, router=None, thresholds=THR, baselines="none", reference="best",
+                    train_rows=train, count_tokens=len)
+    assert res2.reference == "always-T1"
+    with pytest.raises(ConfigError, match="--reference best"):
+        evaluate(CFG, test, router=None, thresholds=THR, baselines="none", reference="best", count_tokens=len)
+
+
+def test_learned_baselines_need_train() -> None:
+    res = evaluate(CFG, rows(), router=None, thresholds=THR, baselines="all", count_tokens=len)
+    assert "frugalgpt" not in res.systems and "task-mix" not in res.systems
     assert any("needs --train" in n for n in res.notes)
 
 
@@ -206,8 +228,9 @@ def test_sweep_grid_follows_the_router_rule() -> None:
 
 
 def test_frontier_ladder_skips_the_dominated_top_tier() -> None:
+    train = [r.model_copy(update={"id": "tr" + r.id}) for r in rows3()]
     res = evaluate(CFG3, rows3(), router=FrontierRouter(), thresholds=THR, baselines="none",
-                   reference="best", count_tokens=len)
+                   reference="best", train_rows=train, count_tokens=len)
     assert res.reference == "always-T2"
     s = res.systems["routenlp"]
     # easy rows accepted at T1 (cost 1), hard rows escalate to T2, the ladder's top (1 + 10)

@@ -1,0 +1,119 @@
+"""Task-mix: the query-agnostic rule every router must beat.
+
+Method: per task, on the train split, each serving tier is one (mean cost, mean quality)
+point; the upper convex hull of those points is the best quality reachable at each cost
+by sending a random share of the task's queries to one tier and the rest to another.
+For a target quality ratio t (vs the reference tier's train quality in that task), the
+rule mixes the two hull tiers bracketing t * q_ref at the weight that meets it in
+expectation (the cheapest hull tier below the hull; the best one above it). It never
+looks at a query: the draw per query is a seeded hash of (seed, query id), so runs are
+reproducible and a larger target only moves queries up. The knob is the target t; the
+default is the cheapest grid target whose expected train quality ratio reaches the
+evaluation target (0.97).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from routenlp.bench.baselines.base import Baseline, Context, MatrixView, Path_, choose_by_target, register_baseline
+
+TARGETS = [round(float(x), 4) for x in np.linspace(0.5, 1.1, 61)]
+
+
+def tier_hull(costs: np.ndarray, quals: np.ndarray, tiers: np.ndarray) -> list[int]:
+    """Tier indices on the upper convex hull of (cost, quality), cheapest first (rising
+    cost and quality)."""
+    order = sorted(range(len(tiers)), key=lambda k: (costs[k], -quals[k], tiers[k]))
+    front: list[int] = []
+    for k in order:
+        if not front or quals[k] > quals[front[-1]] + 1e-12:
+            front.append(k)
+    hull: list[int] = []
+    for k in front:
+        while len(hull) >= 2:
+            a, b = hull[-2], hull[-1]
+            if (quals[b] - quals[a]) * (costs[k] - costs[a]) <= (quals[k] - quals[a]) * (costs[b] - costs[a]) + 1e-15:
+                hull.pop()
+            else:
+                break
+        hull.append(k)
+    return [int(tiers[k]) for k in hull]
+
+
+def _uniform(seed: int, row_id: str) -> float:
+    h = hashlib.blake2b(f"task-mix|{seed}|{row_id}".encode(), digest_size=8).digest()
+    return (int.from_bytes(h, "big") + 0.5) / 2.0**64
+
+
+@register_baseline("task-mix")
+class TaskMix(Baseline):
+    """Task-mix: per task, a random mix of the two train-hull tiers bracketing the target (no query features)."""
+
+    name = "task-mix"
+    knob = "target"
+
+    def __init__(self) -> None:
+        # task -> (hull tier indices, their mean train quality, their mean train cost, ref quality)
+        self.hulls: dict[str, tuple[list[int], np.ndarray, np.ndarray, float]] = {}
+
+    def fit(self, train: MatrixView, ctx: Context) -> None:
+        self.hulls = {}
+        tasks = np.asarray(train.tasks)
+        for task in train.task_names():
+            rows = np.flatnonzero(tasks == task)
+            serving = np.flatnonzero(train.serves[rows[0]])
+            mq = train.Q[rows].mean(axis=0)
+            mc = train.C[rows].mean(axis=0)
+            hull = tier_hull(mc[serving], mq[serving], serving)
+            ref = train.serving_at_or_above(int(rows[0]), ctx.reference_tier)
+            self.hulls[task] = (hull, mq[hull], mc[hull], float(mq[ref]))
+        ref_q, _ = ctx.reference_quality_cost(train)
+        pts = []
+        for t in TARGETS:
+            q, c = self.expected(train, t)
+            pts.append((t, q, c))
+        self.default_knob = choose_by_target(pts, ref_q, ctx.target_quality_ratio)
+
+    def mixture(self, task: str, target: float) -> tuple[int, int, float]:
+        """(lower tier, upper tier, probability of the upper tier) for a task and target."""
+        hull, q, _, ref_q = self.hulls[task]
+        goal = target * ref_q
+        if goal <= q[0]:
+            return hull[0], hull[0], 0.0
+        if goal >= q[-1]:
+            return hull[-1], hull[-1], 0.0
+        k = int(np.searchsorted(q, goal))  # q[k-1] < goal <= q[k]
+        w = (goal - q[k - 1]) / (q[k] - q[k - 1])
+        return hull[k - 1], hull[k], float(w)
+
+    def expected(self, view: MatrixView, target: float) -> tuple[float, float]:
+        """(mean quality, total cost) of the mixture in expectation on a split (for the
+        train-side choice of the default target: no random draw)."""
+        q_tot, c_tot = 0.0, 0.0
+        for i in range(view.n):
+            lo, hi, w = self._mix_for(view, i, target)
+            q_tot += (1 - w) * view.Q[i, lo] + w * view.Q[i, hi]
+            c_tot += (1 - w) * view.C[i, lo] + w * view.C[i, hi]
+        return q_tot / max(view.n, 1), c_tot
+
+    def _mix_for(self, view: MatrixView, i: int, target: float) -> tuple[int, int, float]:
+        task = view.tasks[i]
+        if task not in self.hulls:  # unseen in train: the top serving tier
+            top = view.top_index(i)
+            return top, top, 0.0
+        return self.mixture(task, target)
+
+    def knob_values(self) -> list[float]:
+        return list(TARGETS)
+
+    def route(self, test: MatrixView, ctx: Context, knob: float | None = None) -> list[Path_]:
+        t = self.default_knob if knob is None else knob
+        t = ctx.target_quality_ratio if t is None else t
+        out: list[Path_] = []
+        for i in range(test.n):
+            lo, hi, w = self._mix_for(test, i, t)
+            out.append([hi if _uniform(ctx.seed, test.rows[i].id) < w else lo])
+        return out
