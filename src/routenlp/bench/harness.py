@@ -45,10 +45,8 @@ from routenlp.bench.metrics import (
     Reference,
     Served,
     SystemMetrics,
-    cost_ratio,
     curve_auc,
     matched,
-    quality_ratio,
     subsample_grid,
     summarize,
 )
