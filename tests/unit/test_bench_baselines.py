@@ -213,3 +213,31 @@ def test_task_mix_picks_the_hull_tiers_and_ignores_queries() -> None:
     up = bl.route(test, c, 0.9)
     assert all(b[0] >= a[0] for a, b in zip(paths, up))
     assert bl.route(test, c, 0.4) == [[0]] * 400 and bl.route(test, c, 1.1) == [[2]] * 400
+
+
+def test_task_mix_spends_where_quality_is_cheapest() -> None:
+    """Two tasks: upgrading 'a' (T1 -> T3) gains 0.8 per 9 cost, 'b' only 0.2: 'a' goes first."""
+    cfg = parse_config({
+        "tiers": [
+            {"name": "T1", "kind": "replay", "price_in": 0.1, "price_out": 0.1},
+            {"name": "T3", "kind": "replay", "price_in": 1.0, "price_out": 1.0},
+        ],
+        "tasks": [{"name": "a", "tau": 1.0}, {"name": "b", "tau": 1.0}],
+    })
+    rs = []
+    for i in range(100):
+        a = MatrixRow(id=f"a{i}", task="a", prompt="p", outcomes={
+            "T1": Outcome(quality=float(i % 10 < 2), cost=1.0), "T3": Outcome(quality=1.0, cost=10.0)})
+        b = MatrixRow(id=f"b{i}", task="b", prompt="p", outcomes={
+            "T1": Outcome(quality=float(i % 10 < 8), cost=1.0), "T3": Outcome(quality=1.0, cost=10.0)})
+        rs += [a, b]
+    view = MatrixView.build(cfg, rs)
+    c = Context(config=cfg, embed=fake_embed, reference_tier=1, seed=13)
+    bl = registered()["task-mix"]()
+    bl.fit(view, c)
+    # base quality (0.2 + 0.8) / 2 = 0.5; target 0.8 needs +0.3 = 0.6 of task a's upgrade
+    assert bl.mixture("a", 0.8) == (0, 1, pytest.approx(0.75))
+    assert bl.mixture("b", 0.8) == (0, 0, 0.0)
+    # 0.95 needs +0.45: all of a (+0.4), then half of b's upgrade (+0.05 of its 0.1)
+    assert bl.mixture("a", 0.95) == (1, 1, 0.0)
+    assert bl.mixture("b", 0.95) == (0, 1, pytest.approx(0.5))

@@ -3,10 +3,13 @@
 Method: per task, on the train split, each serving tier is one (mean cost, mean quality)
 point; the upper convex hull of those points is the best quality reachable at each cost
 by sending a random share of the task's queries to one tier and the rest to another.
-For a target quality ratio t (vs the reference tier's train quality in that task), the
-rule mixes the two hull tiers bracketing t * q_ref at the weight that meets it in
-expectation (the cheapest hull tier below the hull; the best one above it). It never
-looks at a query: the draw per query is a seeded hash of (seed, query id), so runs are
+For a target quality ratio t (vs the reference tier's mean train quality), the tasks'
+hull segments are taken in order of quality gained per unit of cost (weighted by each
+task's share of train rows), starting from every task's cheapest hull tier, until the
+expected train quality reaches t * q_ref: the cheapest allocation reaching the target.
+Every task then sits at one hull tier except (at most) one, which mixes the two hull
+tiers bracketing its share of the target at the weight that meets it. It never looks at
+a query: the draw per query is a seeded hash of (seed, query id), so runs are
 reproducible and a larger target only moves queries up. The knob is the target t; the
 default is the cheapest grid target whose expected train quality ratio reaches the
 evaluation target (0.97).
@@ -50,7 +53,7 @@ def _uniform(seed: int, row_id: str) -> float:
 
 @register_baseline("task-mix")
 class TaskMix(Baseline):
-    """Task-mix: per task, a random mix of the two train-hull tiers bracketing the target (no query features)."""
+    """Task-mix: per task, a random mix of two train-hull tiers, allocated across tasks for the target (no query features)."""
 
     name = "task-mix"
     knob = "target"
@@ -58,10 +61,15 @@ class TaskMix(Baseline):
     def __init__(self) -> None:
         # task -> (hull tier indices, their mean train quality, their mean train cost, ref quality)
         self.hulls: dict[str, tuple[list[int], np.ndarray, np.ndarray, float]] = {}
+        self.weights: dict[str, float] = {}
+        self.ref_quality = 0.0
+        self._alloc: dict[float, dict[str, tuple[int, int, float]]] = {}
 
     def fit(self, train: MatrixView, ctx: Context) -> None:
         self.hulls = {}
+        self._alloc: dict[float, dict[str, tuple[int, int, float]]] = {}
         tasks = np.asarray(train.tasks)
+        self.weights = {t: float(np.sum(tasks == t)) for t in train.task_names()}
         for task in train.task_names():
             rows = np.flatnonzero(tasks == task)
             serving = np.flatnonzero(train.serves[rows[0]])
@@ -71,23 +79,51 @@ class TaskMix(Baseline):
             ref = train.serving_at_or_above(int(rows[0]), ctx.reference_tier)
             self.hulls[task] = (hull, mq[hull], mc[hull], float(mq[ref]))
         ref_q, _ = ctx.reference_quality_cost(train)
+        self.ref_quality = float(ref_q)
         pts = []
         for t in TARGETS:
             q, c = self.expected(train, t)
             pts.append((t, q, c))
         self.default_knob = choose_by_target(pts, ref_q, ctx.target_quality_ratio)
 
+    def allocation(self, target: float) -> dict[str, tuple[int, int, float]]:
+        """Per task (lower hull position, upper hull position, weight of the upper) for a
+        target quality ratio: the greedy (fractional-knapsack) walk up the hull segments
+        by quality gained per cost, which is the cheapest way to reach the target."""
+        key = round(float(target), 9)
+        if key in self._alloc:
+            return self._alloc[key]
+        total = sum(self.weights.values()) or 1.0
+        pos = {t: 0 for t in self.hulls}
+        have = sum(self.weights[t] * h[1][0] for t, h in self.hulls.items()) / total
+        goal = float(target) * self.ref_quality
+        segs = []
+        for t, (hull, q, c, _) in self.hulls.items():
+            for k in range(1, len(hull)):
+                segs.append(((q[k] - q[k - 1]) / (c[k] - c[k - 1]), t, k))
+        segs.sort(key=lambda x: (-x[0], x[1], x[2]))
+        out: dict[str, tuple[int, int, float]] = {}
+        for _, t, k in segs:
+            if have >= goal - 1e-12:
+                break
+            q = self.hulls[t][1]
+            gain = self.weights[t] * (q[k] - q[k - 1]) / total
+            if have + gain >= goal - 1e-12:
+                out[t] = (k - 1, k, float((goal - have) / gain))
+                have = goal
+                break
+            pos[t] = k
+            have += gain
+        for t, k in pos.items():
+            out.setdefault(t, (k, k, 0.0))
+        self._alloc[key] = out
+        return out
+
     def mixture(self, task: str, target: float) -> tuple[int, int, float]:
         """(lower tier, upper tier, probability of the upper tier) for a task and target."""
-        hull, q, _, ref_q = self.hulls[task]
-        goal = target * ref_q
-        if goal <= q[0]:
-            return hull[0], hull[0], 0.0
-        if goal >= q[-1]:
-            return hull[-1], hull[-1], 0.0
-        k = int(np.searchsorted(q, goal))  # q[k-1] < goal <= q[k]
-        w = (goal - q[k - 1]) / (q[k] - q[k - 1])
-        return hull[k - 1], hull[k], float(w)
+        lo, hi, w = self.allocation(target)[task]
+        hull = self.hulls[task][0]
+        return hull[lo], hull[hi], w
 
     def expected(self, view: MatrixView, target: float) -> tuple[float, float]:
         """(mean quality, total cost) of the mixture in expectation on a split (for the
