@@ -76,6 +76,7 @@ def test_direct_and_cli_give_identical_numbers(bench_dir: Path, tmp_path: Path) 
         "evaluate", "--models", str(d / "models.json"), "--matrix", str(d / "test.jsonl"),
         "--router", str(d / "router"), "--thresholds", str(d / "thresholds.json"),
         "--baselines", "oracle,random", "--json", str(out), "--html", str(html),
+        "--per-query", str(tmp_path / "pq.jsonl"),
     ])
     assert res.exit_code == 0, res.output
     via_cli = json.loads(out.read_text())
@@ -86,6 +87,22 @@ def test_direct_and_cli_give_identical_numbers(bench_dir: Path, tmp_path: Path) 
     assert "routenlp-router-only" in res.output and "always-big" in res.output
     page = html.read_text()
     assert page.startswith("<!doctype html>") and "data:image/png;base64," in page
+    pq = [json.loads(line) for line in (tmp_path / "pq.jsonl").read_text().splitlines()]
+    assert len(pq) == len(via_cli["systems"]) * via_cli["n_test"]
+    assert {r["system"] for r in pq} == set(via_cli["systems"])
+    assert via_cli["n_points"]["routenlp"] <= 40 and via_cli["bootstrap"]["resamples"] == 1000
+
+
+def test_cli_rejects_a_bad_points_cap(bench_dir: Path) -> None:
+    from routenlp.cli import app
+
+    res = CliRunner().invoke(app, [
+        "evaluate", "--models", str(bench_dir / "models.json"), "--matrix", str(bench_dir / "test.jsonl"),
+        "--router", str(bench_dir / "router"), "--thresholds", str(bench_dir / "thresholds.json"),
+        "--points", "0",
+    ])
+    assert res.exit_code == 2
+    assert "--points" in res.output
 
 
 def test_cli_clear_error_for_missing_file(bench_dir: Path) -> None:

@@ -106,15 +106,37 @@ def test_cascade_numbers_by_hand() -> None:
         assert key in payload["systems"]["routenlp"]
 
 
-def test_reference_best_and_learned_baselines_need_train() -> None:
-    rs = rows()
-    for r in rs:  # make T1 the best single tier: perfect everywhere
-        r.outcomes["T1"] = r.outcomes["T1"].model_copy(update={"quality": 1.0})
-        r.outcomes["T2"] = r.outcomes["T2"].model_copy(update={"quality": 0.5})
-    res = evaluate(CFG, rs, router=None, thresholds=THR, baselines="all", reference="best", count_tokens=len)
-    assert res.reference == "always-T1"
+def _t1_best(rs: list[MatrixRow]) -> list[MatrixRow]:
+    """Copies where T1 is the best single tier: perfect everywhere, T2 at 0.5."""
+    out = []
+    for r in rs:
+        o = {"T1": r.outcomes["T1"].model_copy(update={"quality": 1.0}),
+             "T2": r.outcomes["T2"].model_copy(update={"quality": 0.5})}
+        out.append(r.model_copy(update={"outcomes": o}))
+    return out
+
+
+def test_reference_best_is_picked_on_train_and_ignores_test_labels() -> None:
+    train = _t1_best([r.model_copy(update={"id": "tr" + r.id}) for r in rows()])
+    test = rows()  # on test T2 is the best tier (T1 misses the hard half)
+    res = evaluate(CFG, test, router=None, thresholds=THR, baselines="none", reference="best",
+                   train_rows=train, count_tokens=len)
+    assert res.reference == "always-T1"  # train's best, although T2 is best on test
     assert res.systems["always-T1"].quality_ratio == pytest.approx(1.0)
-    assert "frugalgpt" not in res.systems
+    assert any("best single tier by mean train quality" in n for n in res.notes)
+    # flipping every test label leaves the choice alone
+    flipped = [r.model_copy(update={"outcomes": {k: o.model_copy(update={"quality": 1.0 - (o.quality or 0.0)})
+                                                  for k, o in r.outcomes.items()}}) for r in test]
+    res2 = evaluate(CFG, flipped, router=None, thresholds=THR, baselines="none", reference="best",
+                    train_rows=train, count_tokens=len)
+    assert res2.reference == "always-T1"
+    with pytest.raises(ConfigError, match="--reference best"):
+        evaluate(CFG, test, router=None, thresholds=THR, baselines="none", reference="best", count_tokens=len)
+
+
+def test_learned_baselines_need_train() -> None:
+    res = evaluate(CFG, rows(), router=None, thresholds=THR, baselines="all", count_tokens=len)
+    assert "frugalgpt" not in res.systems and "task-mix" not in res.systems
     assert any("needs --train" in n for n in res.notes)
 
 
@@ -206,8 +228,9 @@ def test_sweep_grid_follows_the_router_rule() -> None:
 
 
 def test_frontier_ladder_skips_the_dominated_top_tier() -> None:
+    train = [r.model_copy(update={"id": "tr" + r.id}) for r in rows3()]
     res = evaluate(CFG3, rows3(), router=FrontierRouter(), thresholds=THR, baselines="none",
-                   reference="best", count_tokens=len)
+                   reference="best", train_rows=train, count_tokens=len)
     assert res.reference == "always-T2"
     s = res.systems["routenlp"]
     # easy rows accepted at T1 (cost 1), hard rows escalate to T2, the ladder's top (1 + 10)
@@ -223,3 +246,73 @@ def test_frontier_ladder_skips_the_dominated_top_tier() -> None:
     assert old.quality_ratio == pytest.approx(0.5)
     # cascade-from-T1 uses the same frontier ladder
     assert res.systems["routenlp-cascade-from-t1"].tier_shares["T3"] == 0.0
+
+
+def _embed(texts):
+    import numpy as np
+
+    return np.array([[1.0, 0.0] if t.startswith("hard") else [0.0, 1.0] for t in texts], dtype=np.float32)
+
+
+def test_per_query_rows_reproduce_every_summary_number(tmp_path) -> None:
+    import json
+
+    import numpy as np
+
+    train = [r.model_copy(update={"id": "tr" + r.id}) for r in rows(40)]
+    res = evaluate(CFG, rows(), router=ScriptedRouter(), thresholds=THR, baselines="oracle,random,task-mix,knn-router",
+                   train_rows=train, embed=_embed, count_tokens=len, bootstrap=200)
+    path = res.write_per_query(tmp_path / "pq.jsonl")
+    got = [json.loads(line) for line in path.read_text().splitlines()]
+    for row in got:
+        assert set(row) >= {"system", "id", "task", "tiers_tried", "served_tier", "quality", "cost", "latency_ms"}
+    payload = res.to_json()
+    by_sys: dict[str, list[dict]] = {}
+    for row in got:
+        by_sys.setdefault(row["system"], []).append(row)
+    assert set(by_sys) == set(payload["systems"])
+    ref = by_sys[payload["reference"]]
+    ref_q = np.mean([r["quality"] for r in ref])
+    ref_c = sum(r["cost"] for r in ref)
+    for name, rs in by_sys.items():
+        s = payload["systems"][name]
+        n = len(rs)
+        assert n == payload["n_test"]
+        q = np.array([r["quality"] for r in rs])
+        c = np.array([r["cost"] for r in rs])
+        lat = np.array([r["latency_ms"] for r in rs])
+        assert s["mean_quality"] == pytest.approx(q.mean())
+        assert s["mean_cost"] == pytest.approx(c.mean())
+        assert s["quality_ratio"] == pytest.approx(q.mean() / ref_q)
+        assert s["cost_ratio"] == pytest.approx(c.sum() / ref_c)
+        assert s["p50_latency_ms"] == pytest.approx(np.percentile(lat, 50))
+        assert s["p99_latency_ms"] == pytest.approx(np.percentile(lat, 99))
+        assert s["escalation_rate"] == pytest.approx(np.mean([len(r["tiers_tried"]) > 1 for r in rs]))
+        assert s["sla_violation_rate"] == pytest.approx(np.mean([r["latency_ms"] > r["sla_ms"] for r in rs]))
+        assert s["quality_violation_rate"] == pytest.approx(np.mean([r["quality"] < r["tau"] for r in rs]))
+        for t, share in s["tier_shares"].items():
+            assert share == pytest.approx(np.mean([r["served_tier"] == t for r in rs]))
+        for task, pt in s["per_task"].items():
+            qs = [r["quality"] for r in rs if r["task"] == task]
+            assert pt["mean_quality"] == pytest.approx(np.mean(qs)) and pt["n"] == len(qs)
+        assert all(r["served_tier"] == r["tiers_tried"][-1] for r in rs)
+    # every system has its capped points, intervals and (except routenlp) a difference
+    assert payload["n_points"]["routenlp"] == len(payload["systems"]["routenlp"]["curve"]) <= 40
+    assert payload["bootstrap"]["resamples"] == 200
+    assert set(payload["intervals"]) == set(payload["systems"])
+    assert set(payload["differences"]) == set(payload["systems"]) - {"routenlp"}
+    assert {"task-mix", "knn-router"} <= set(payload["systems"])
+
+
+def test_points_cap_is_the_same_for_every_system() -> None:
+    res = evaluate(CFG3, rows3(), router=FrontierRouter(), thresholds=THR, baselines="task-mix,knn-router",
+                   train_rows=[r.model_copy(update={"id": "tr" + r.id}) for r in rows3(40)],
+                   embed=_embed, count_tokens=len, points=5, bootstrap=0)
+    assert res.n_points["routenlp"] == 5 and res.n_points["task-mix"] == 5 and res.n_points["knn-router"] == 5
+    assert res.n_points["always-T1"] == 1
+    s = res.systems["routenlp"]
+    assert s.operating_point["cost_bias"] == 0.0  # the router's own cost_bias is kept in the grid
+    assert [s.cost_ratio, s.quality_ratio] in s.curve
+    assert res.intervals == {} and res.bootstrap == {}
+    with pytest.raises(ConfigError, match="--points"):
+        evaluate(CFG3, rows3(), router=None, thresholds=THR, baselines="none", count_tokens=len, points=0)

@@ -14,6 +14,8 @@ from routenlp.bench.metrics import (
     latency_percentile,
     matched,
     pareto_front,
+    subsample_grid,
+    upper_hull,
     quality_at_cost,
     quality_ratio,
     quality_violation_rate,
@@ -103,3 +105,33 @@ def test_auc_by_hand() -> None:
     # a point beyond cost 1 is interpolated, the area stops at 1
     assert curve_auc([[0.0, 0.0], [2.0, 1.0]]) == pytest.approx(0.25)
     assert curve_auc([]) == 0.0
+
+
+def test_upper_hull_drops_points_below_a_chord() -> None:
+    pts = [[0.1, 0.5], [0.2, 0.55], [0.3, 0.9], [0.5, 1.0], [0.6, 0.95]]
+    # (0.2, 0.55) is below the chord (0.1, 0.5)-(0.3, 0.9) (0.7 there); (0.6, 0.95) is dominated
+    assert upper_hull(pts) == [(0.1, 0.5), (0.3, 0.9), (0.5, 1.0)]
+    # a point exactly on a chord adds nothing
+    assert upper_hull([[0.0, 0.0], [0.5, 0.5], [1.0, 1.0]]) == [(0.0, 0.0), (1.0, 1.0)]
+
+
+def test_matched_numbers_read_off_the_hull() -> None:
+    pts = [[0.1, 0.5], [0.2, 0.55], [0.3, 0.9], [0.5, 1.0]]
+    # 0.97 between (0.3, 0.9) and (0.5, 1.0): 0.3 + 0.2 * 0.7 = 0.44
+    assert cost_at_quality(pts, 0.97) == pytest.approx(0.44)
+    # at 0.16 the hull runs (0.1, 0.5) -> (0.3, 0.9): 0.5 + 0.4 * 0.3 = 0.62 (the Pareto
+    # front through (0.2, 0.55) would have said 0.53: mixing beats the dense middle point)
+    assert quality_at_cost(pts, 0.16) == pytest.approx(0.62)
+    # area: 0 before 0.1; trapezoids (0.1..0.3) 0.14, (0.3..0.5) 0.19; flat 1.0 over 0.5..1
+    assert curve_auc(pts) == pytest.approx(0.14 + 0.19 + 0.5)
+
+
+def test_subsample_grid_is_even_capped_and_keeps_the_default() -> None:
+    vals = [float(i) for i in range(100)]
+    got = subsample_grid(vals, 5)
+    assert got == [0.0, 25.0, 50.0, 74.0, 99.0]  # round(linspace(0, 99, 5))
+    assert len(subsample_grid(vals, 40)) == 40
+    kept = subsample_grid(vals, 5, keep=60.0)
+    assert len(kept) == 5 and 60.0 in kept and 0.0 in kept and 99.0 in kept
+    assert subsample_grid([3.0, 1.0, 2.0, 2.0], 40) == [1.0, 2.0, 3.0]
+    assert subsample_grid(vals, 5) == subsample_grid(list(reversed(vals)), 5)  # deterministic

@@ -84,8 +84,21 @@ def _f(x: float | None, digits: int = 3) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
+def _ci(iv: Any) -> str:
+    if not iv:
+        return ""
+    lo, hi = iv
+    return f"[{_f(lo)}, {'inf' if hi is None else _f(hi)}]" if lo is not None else f"[-, {_f(hi)}]"
+
+
+def _diff_mark(results: dict[str, Any], name: str, key: str) -> str:
+    """'*' when the system's difference to routenlp has a 95% interval excluding zero."""
+    d = results.get("differences", {}).get(name, {}).get(key)
+    return "*" if d and d.get("excludes_zero") else ""
+
+
 def results_table(results: dict[str, Any]) -> Table:
-    """The paper-style table: one row per system."""
+    """The paper-style table: one row per system (with bootstrap intervals when present)."""
     from routenlp.report.html import top_shares
 
     flags = results.get("flags", {})
@@ -93,8 +106,13 @@ def results_table(results: dict[str, Any]) -> Table:
     title = f"{results.get('matrix') or 'evaluation'}: {results['n_test']} test queries, ratios vs {results['reference']}"
     if tags:
         title += f" ({', '.join(tags)})"
-    table = Table(title=title)
-    for col in ("system", "quality ratio", "cost ratio", "p99 ms", "SLA viol", "quality viol", "escal", "cost@q.97", "AUC", "top tier shares"):
+    boot = bool(results.get("intervals"))
+    table = Table(title=title, caption=(
+        "cost@q.97 / q@c.16 read off each system's upper convex hull; [95% paired-bootstrap interval]; "
+        "* = difference to routenlp excludes 0" if boot else None))
+    cols = ["system", "pts", "quality ratio", "cost ratio", "p99 ms", "SLA viol", "quality viol", "escal",
+            "cost@q.97", *(["95% CI"] if boot else []), "q@c.16", *(["95% CI "] if boot else []), "AUC", "top tier shares"]
+    for col in cols:
         if col == "system":
             table.add_column(col, no_wrap=True, min_width=12)
         elif col == "top tier shares":
@@ -103,20 +121,27 @@ def results_table(results: dict[str, Any]) -> Table:
             table.add_column(col, justify="right", min_width=5)
     for name, s in results["systems"].items():
         m = results["matched"].get(name, {})
+        iv = results.get("intervals", {}).get(name, {})
         style = "bold cyan" if name == "routenlp" else None
-        table.add_row(
+        c97 = _f(m.get("cost_ratio_at_quality_0.97")) + _diff_mark(results, name, "cost_ratio_at_quality_0.97")
+        q16 = _f(m.get("quality_at_cost_0.16")) + _diff_mark(results, name, "quality_at_cost_0.16")
+        row = [
             name,
+            str(results.get("n_points", {}).get(name, s.get("n_points") or len(s.get("curve") or []))),
             _f(s["quality_ratio"]),
             _f(s["cost_ratio"]),
             _f(s["p99_latency_ms"], 0),
             _f(s["sla_violation_rate"]),
             _f(s["quality_violation_rate"]),
             _f(s["escalation_rate"]),
-            _f(m.get("cost_ratio_at_quality_0.97")),
+            c97,
+            *([_ci(iv.get("cost_ratio_at_quality_0.97"))] if boot else []),
+            q16,
+            *([_ci(iv.get("quality_at_cost_0.16"))] if boot else []),
             _f(results.get("auc", {}).get(name)),
             top_shares(s["tier_shares"]),
-            style=style,
-        )
+        ]
+        table.add_row(*row, style=style)
     return table
 
 
@@ -131,7 +156,7 @@ def progress_callback(prog: Any) -> Any:
     return tick
 
 
-def emit_results(results: Any, json_out: Path | None, html_out: Path | None) -> None:
+def emit_results(results: Any, json_out: Path | None, html_out: Path | None, per_query: Path | None = None) -> None:
     payload = results.to_json()
     console.print(results_table(payload))
     for note in payload.get("notes", []):
@@ -144,6 +169,9 @@ def emit_results(results: Any, json_out: Path | None, html_out: Path | None) -> 
 
         write_html(payload, html_out)
         console.print(f"report -> {html_out}")
+    if per_query is not None:
+        results.write_per_query(per_query)
+        console.print(f"per-query rows -> {per_query}")
 
 
 def register(app: typer.Typer) -> None:
@@ -156,16 +184,19 @@ def register(app: typer.Typer) -> None:
         config: Annotated[Optional[Path], typer.Option("--config", help="ensemble YAML")] = None,
         models: Annotated[Optional[Path], typer.Option("--models", help="models.json of a routing matrix")] = None,
         train: Annotated[Optional[Path], typer.Option("--train", help="train split: fits the learned baselines")] = None,
-        cal: Annotated[Optional[Path], typer.Option("--cal", help="calibration split: adds an alpha sweep to RouteNLP's curve")] = None,
+        cal: Annotated[Optional[Path], typer.Option("--cal", help="calibration split (picks --reference best when there is no --train)")] = None,
         estimator: Annotated[Optional[Path], typer.Option("--estimator", help="quality estimator directory (if the thresholds use it)")] = None,
         baselines: Annotated[str, typer.Option("--baselines", help="all | none | comma-separated names")] = "all",
-        reference: Annotated[str, typer.Option("--reference", help="ratio reference: top (most expensive tier) | best (best single tier)")] = "top",
+        reference: Annotated[str, typer.Option("--reference", help="ratio reference: top (most expensive tier) | best (best single tier on train)")] = "top",
         json_out: Annotated[Optional[Path], typer.Option("--json", help="write the evaluation-results JSON")] = None,
         html_out: Annotated[Optional[Path], typer.Option("--html", help="write the HTML report")] = None,
         tau: Annotated[Optional[float], typer.Option("--tau", help="override every task's tau")] = None,
         sla_ms: Annotated[Optional[float], typer.Option("--sla-ms", help="override every task's SLA (ms)")] = None,
         latency_profile: Annotated[Optional[Path], typer.Option("--latency-profile", help="JSON {tier: p50_ms | {p50_ms, p99_ms}} for matrices without latency")] = None,
         no_sla: Annotated[bool, typer.Option("--no-sla", help="evaluate RouteNLP without SLA awareness")] = False,
+        points: Annotated[int, typer.Option("--points", help="cap on operating points per system (same for all; longer grids subsampled evenly)")] = 40,
+        bootstrap: Annotated[int, typer.Option("--bootstrap", help="paired-bootstrap resamples over test queries (0: no intervals)")] = 1000,
+        per_query: Annotated[Optional[Path], typer.Option("--per-query", help="write one JSONL row per system default point and test query")] = None,
         seed: Annotated[int, typer.Option("--seed")] = 13,
     ) -> None:
         """Replay a test split through RouteNLP's cascade and every baseline; print the table."""
@@ -176,6 +207,10 @@ def register(app: typer.Typer) -> None:
 
         if reference not in ("top", "best"):
             raise ConfigError(f"--reference must be 'top' or 'best', got {reference!r}")
+        if points < 1:
+            raise ConfigError(f"--points must be >= 1, got {points}")
+        if bootstrap < 0:
+            raise ConfigError(f"--bootstrap must be >= 0, got {bootstrap}")
         test_rows = read_matrix(matrix)
         train_rows = read_matrix(train) if train is not None else None
         cal_rows = read_matrix(cal) if cal is not None else None
@@ -187,9 +222,9 @@ def register(app: typer.Typer) -> None:
             results = evaluate(
                 cfg, test_rows, router=rt, thresholds=thr, baselines=baselines, train_rows=train_rows,
                 reference=reference, sla_aware=not no_sla, seed=seed, estimator=est, cal_rows=cal_rows,  # type: ignore[arg-type]
-                matrix_name=str(matrix), progress=progress_callback(prog),
+                matrix_name=str(matrix), progress=progress_callback(prog), points=points, bootstrap=bootstrap,
             )
-        emit_results(results, json_out, html_out)
+        emit_results(results, json_out, html_out, per_query)
 
     @app.command("benchmark")
     @friendly_errors
@@ -207,6 +242,9 @@ def register(app: typer.Typer) -> None:
         sla_ms: Annotated[Optional[float], typer.Option("--sla-ms", help="every task's SLA (ms)")] = None,
         latency_profile: Annotated[Optional[Path], typer.Option("--latency-profile", help="JSON {tier: p50_ms | {p50_ms, p99_ms}}")] = None,
         cal_fraction: Annotated[float, typer.Option("--cal-fraction", help="share of train split off for calibration when there is no cal.jsonl")] = 0.2,
+        points: Annotated[int, typer.Option("--points", help="cap on operating points per system (same for all; longer grids subsampled evenly)")] = 40,
+        bootstrap: Annotated[int, typer.Option("--bootstrap", help="paired-bootstrap resamples over test queries (0: no intervals)")] = 1000,
+        per_query: Annotated[Optional[Path], typer.Option("--per-query", help="write one JSONL row per system default point and test query")] = None,
         seed: Annotated[int, typer.Option("--seed")] = 13,
     ) -> None:
         """Train the router, calibrate and evaluate on a routing-matrix directory in one go."""
@@ -218,6 +256,10 @@ def register(app: typer.Typer) -> None:
 
         if reference not in ("top", "best"):
             raise ConfigError(f"--reference must be 'top' or 'best', got {reference!r}")
+        if points < 1:
+            raise ConfigError(f"--points must be >= 1, got {points}")
+        if bootstrap < 0:
+            raise ConfigError(f"--bootstrap must be >= 0, got {bootstrap}")
         d = matrix_dir
         for need in ("train.jsonl", "test.jsonl"):
             if not (d / need).exists():
@@ -256,7 +298,7 @@ def register(app: typer.Typer) -> None:
             results = evaluate(
                 cfg, test_rows, router=router, thresholds=thr, baselines=baselines, train_rows=train_rows,
                 reference=reference, seed=seed, estimator=est, cal_rows=cal_rows,  # type: ignore[arg-type]
-                matrix_name=d.name, progress=tick,
+                matrix_name=d.name, progress=tick, points=points, bootstrap=bootstrap,
             )
         results.notes.insert(
             0,
@@ -264,5 +306,5 @@ def register(app: typer.Typer) -> None:
             f"on {len(cal_rows)} rows (alpha {alpha}, {method}); baselines fitted on all {len(train_rows)} "
             f"train rows; router validation tier accuracy {report.overall.tier_accuracy:.3f}",
         )
-        emit_results(results, json_out, html_out)
+        emit_results(results, json_out, html_out, per_query)
         console.print(f"artifacts -> {out}")

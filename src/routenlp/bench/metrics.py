@@ -14,18 +14,19 @@ Definitions (all rates are fractions of test queries):
 - tier shares: share of queries whose answer came from each tier;
 - escalation rate: share of queries where more than one tier was tried.
 
-Cost-quality curve: each operating point of a system is (cost ratio, quality ratio). The
-curve is the Pareto front of the points (a point is dropped if another is no more
-expensive and at least as good), joined by straight lines: any point on a segment is
-reachable by serving each query at one of its two end points at random, so the line is
-an achievable trade-off. Matched numbers and the area are read off that front:
-- `cost_at_quality(front, 0.97)`: the least cost ratio at which the front reaches quality
-  ratio 0.97 (linear interpolation between front points); None if it never does;
-- `quality_at_cost(front, 0.16)`: the front's quality ratio at cost ratio 0.16 (flat
-  beyond the most expensive point); None if the cheapest point costs more than 0.16;
-- `curve_auc(front)`: the trapezoid area under the front over cost ratio in [0, 1], with
-  quality 0 below the cheapest point (a system cannot operate there) and flat after the
-  most expensive point. An ideal system (quality ratio 1 at zero cost) scores 1.0.
+Cost-quality curve (one rule for every system): each operating point of a system is
+(cost ratio, quality ratio). The curve is the *upper convex hull* of the points, from the
+cheapest point to the best one: serving each query at one of two operating points at
+random (with any mixing weight) achieves every point on the segment between them, so
+every hull point is achievable and no dense grid is rewarded for lying on a straight
+line. Matched numbers and the area are read off that hull:
+- `cost_at_quality(points, 0.97)`: the least cost ratio at which the hull reaches
+  quality ratio 0.97; None if it never does;
+- `quality_at_cost(points, 0.16)`: the hull's quality ratio at cost ratio 0.16 (flat
+  beyond the best point); None if the cheapest point costs more than 0.16;
+- `curve_auc(points)`: the area under the hull over cost ratio in [0, 1], with quality 0
+  below the cheapest point (a system cannot operate there) and flat after the best point.
+  An ideal system (quality ratio 1 at zero cost) scores 1.0.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ from pydantic import BaseModel, Field
 
 QUALITY_TARGET = 0.97
 COST_TARGET = 0.16
+COST_AT_Q = f"cost_ratio_at_quality_{QUALITY_TARGET}"
+QUALITY_AT_C = f"quality_at_cost_{COST_TARGET}"
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,8 @@ class SystemMetrics(BaseModel):
     tier_shares: dict[str, float]
     escalation_rate: float
     curve: list[list[float]] = Field(default_factory=list)
+    hull: list[list[float]] = Field(default_factory=list)
+    n_points: int = 0
     operating_point: dict[str, float | str | None] = Field(default_factory=dict)
     per_task: dict[str, dict[str, float | None]] = Field(default_factory=dict)
 
@@ -188,6 +193,8 @@ def summarize(
         tier_shares=tier_shares(records, tiers),
         escalation_rate=escalation_rate(records),
         curve=[[float(c), float(q)] for c, q in curve],
+        hull=[[float(c), float(q)] for c, q in upper_hull(curve)],
+        n_points=len(curve),
         operating_point=operating_point or {},
         per_task=per_task,
     )
@@ -209,37 +216,59 @@ def pareto_front(points: Sequence[Sequence[float]]) -> list[tuple[float, float]]
     return front
 
 
-def quality_at_cost(points: Sequence[Sequence[float]], cost: float = COST_TARGET) -> float | None:
-    """Quality ratio the front reaches at a cost ratio (None if it cannot operate there)."""
+def upper_hull(points: Sequence[Sequence[float]]) -> list[tuple[float, float]]:
+    """The upper convex hull of (cost, quality) points from the cheapest to the best one
+    (rising cost, rising quality, concave): every point on it is a random mixture of two
+    operating points."""
     front = pareto_front(points)
-    if not front or front[0][0] > cost + 1e-12:
+    hull: list[tuple[float, float]] = []
+    for p in front:
+        # drop the last hull point while it lies on or below the chord to p
+        while len(hull) >= 2:
+            (c0, q0), (c1, q1) = hull[-2], hull[-1]
+            if (q1 - q0) * (p[0] - c0) <= (p[1] - q0) * (c1 - c0) + 1e-15:
+                hull.pop()
+            else:
+                break
+        hull.append(p)
+    return hull
+
+
+def _quality_on_hull(hull: Sequence[tuple[float, float]], cost: float) -> float | None:
+    if not hull or hull[0][0] > cost + 1e-12:
         return None
-    for (c0, q0), (c1, q1) in zip(front, front[1:]):
+    for (c0, q0), (c1, q1) in zip(hull, hull[1:]):
         if c0 <= cost <= c1:
-            if c1 == c0:
-                return q1
-            return q0 + (q1 - q0) * (cost - c0) / (c1 - c0)
-    return front[-1][1]
+            return q1 if c1 == c0 else q0 + (q1 - q0) * (cost - c0) / (c1 - c0)
+    return hull[-1][1]
+
+
+def _cost_on_hull(hull: Sequence[tuple[float, float]], quality: float) -> float | None:
+    if not hull or hull[-1][1] < quality - 1e-12:
+        return None
+    if hull[0][1] >= quality:
+        return hull[0][0]
+    for (c0, q0), (c1, q1) in zip(hull, hull[1:]):
+        if q0 < quality <= q1:
+            return c0 + (c1 - c0) * (quality - q0) / (q1 - q0)
+    return hull[-1][0]  # pragma: no cover - unreachable given the checks above
+
+
+def quality_at_cost(points: Sequence[Sequence[float]], cost: float = COST_TARGET) -> float | None:
+    """Quality ratio the hull reaches at a cost ratio (None if it cannot operate there)."""
+    return _quality_on_hull(upper_hull(points), cost)
 
 
 def cost_at_quality(
     points: Sequence[Sequence[float]], quality: float = QUALITY_TARGET
 ) -> float | None:
-    """Least cost ratio at which the front reaches a quality ratio (None if never)."""
-    front = pareto_front(points)
-    if not front or front[-1][1] < quality - 1e-12:
-        return None
-    if front[0][1] >= quality:
-        return front[0][0]
-    for (c0, q0), (c1, q1) in zip(front, front[1:]):
-        if q0 < quality <= q1:
-            return c0 + (c1 - c0) * (quality - q0) / (q1 - q0)
-    return front[-1][0]  # pragma: no cover - unreachable given the checks above
+    """Least cost ratio at which the hull reaches a quality ratio (None if never)."""
+    return _cost_on_hull(upper_hull(points), quality)
 
 
 def curve_auc(points: Sequence[Sequence[float]], lo: float = 0.0, hi: float = 1.0) -> float:
-    """Trapezoid area under the front over cost ratio [lo, hi] (see module docstring)."""
-    front = pareto_front(points)
+    """Area under the hull over cost ratio [lo, hi] (see module docstring)."""
+    front = upper_hull(points)
     if not front:
         return 0.0
     # knots: the front's points inside (lo, hi) plus the interval ends
@@ -249,7 +278,7 @@ def curve_auc(points: Sequence[Sequence[float]], lo: float = 0.0, hi: float = 1.
     def q_at(c: float) -> float:
         if c < first_cost - 1e-12:
             return 0.0
-        got = quality_at_cost(front, c)
+        got = _quality_on_hull(front, c)
         return 0.0 if got is None else got
 
     area = 0.0
@@ -261,8 +290,26 @@ def curve_auc(points: Sequence[Sequence[float]], lo: float = 0.0, hi: float = 1.
 
 
 def matched(points: Sequence[Sequence[float]]) -> dict[str, float | None]:
-    """The two matched-operating-point numbers of the results JSON."""
+    """The two matched-operating-point numbers of the results JSON (read off the hull)."""
+    hull = upper_hull(points)
     return {
-        f"cost_ratio_at_quality_{QUALITY_TARGET}": cost_at_quality(points, QUALITY_TARGET),
-        f"quality_at_cost_{COST_TARGET}": quality_at_cost(points, COST_TARGET),
+        COST_AT_Q: _cost_on_hull(hull, QUALITY_TARGET),
+        QUALITY_AT_C: _quality_on_hull(hull, COST_TARGET),
     }
+
+
+def subsample_grid(values: Sequence[float], cap: int, keep: float | None = None) -> list[float]:
+    """At most `cap` knob values, evenly spaced over the sorted grid (both ends kept), so
+    every system gets the same number of operating points; `keep` (the default knob) is
+    always in, replacing its nearest pick. Deterministic."""
+    vals = sorted(dict.fromkeys(float(v) for v in values))
+    if cap < 1:
+        raise ValueError(f"the operating-point cap must be >= 1, got {cap}")
+    if len(vals) <= cap:
+        return vals
+    idx = sorted({int(round(x)) for x in np.linspace(0, len(vals) - 1, cap)})
+    picked = [vals[i] for i in idx]
+    if keep is not None and float(keep) in vals and float(keep) not in picked:
+        near = min(range(len(picked)), key=lambda k: (abs(picked[k] - float(keep)), k))
+        picked[near] = float(keep)
+    return sorted(picked)

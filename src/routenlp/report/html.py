@@ -17,6 +17,8 @@ th{background:#f3f3f3}
 td:first-child,th:first-child{text-align:left}
 tr.routenlp td{font-weight:bold;background:#eef6ff}
 .note{color:#555;font-size:13px}
+.ci{color:#666;font-size:11px}
+.sig{color:#b00}
 img{max-width:100%;border:1px solid #eee;margin:0.5rem 0}
 """
 
@@ -41,25 +43,46 @@ def top_shares(shares: dict[str, float], n: int = 3) -> str:
     return ", ".join(f"{t} {s:.0%}" for t, s in top if s > 0)
 
 
+def _ci(iv: Any) -> str:
+    if not iv:
+        return ""
+    lo, hi = iv
+    return f'<br><span class="ci">[{_fmt(lo)}, {"∞" if hi is None else _fmt(hi)}]</span>'
+
+
+def _matched_cell(results: dict[str, Any], name: str, key: str) -> str:
+    """The matched number, its 95% interval, and a mark when the difference to routenlp
+    has an interval excluding zero (with that interval)."""
+    val = _fmt(results["matched"].get(name, {}).get(key))
+    iv = _ci(results.get("intervals", {}).get(name, {}).get(key))
+    d = results.get("differences", {}).get(name, {}).get(key)
+    mark = ""
+    if d and d.get("excludes_zero"):
+        lo, hi = d["ci"]
+        mark = (f' <b class="sig" title="difference to routenlp: [{_fmt(lo)}, {_fmt(hi)}]">*</b>'
+                f'<br><span class="ci">Δ [{_fmt(lo)}, {"∞" if hi is None else _fmt(hi)}]</span>')
+    return f"{val}{mark}{iv}"
+
+
 def systems_table(results: dict[str, Any]) -> str:
     head = (
-        "<tr><th>system</th><th>quality ratio</th><th>cost ratio</th><th>mean quality</th>"
+        "<tr><th>system</th><th>points</th><th>quality ratio</th><th>cost ratio</th><th>mean quality</th>"
         "<th>p50 ms</th><th>p99 ms</th><th>SLA viol.</th><th>quality viol.</th>"
         "<th>escalation</th><th>cost @ q 0.97</th><th>quality @ c 0.16</th><th>AUC</th>"
         "<th>top tier shares</th></tr>"
     )
     body = []
     for name, s in results["systems"].items():
-        m = results["matched"].get(name, {})
         cls = ' class="routenlp"' if name == "routenlp" else ""
+        npts = results.get("n_points", {}).get(name, s.get("n_points") or len(s.get("curve") or []))
         body.append(
-            f"<tr{cls}><td>{html.escape(name)}</td><td>{_fmt(s['quality_ratio'])}</td>"
+            f"<tr{cls}><td>{html.escape(name)}</td><td>{_fmt(npts)}</td><td>{_fmt(s['quality_ratio'])}</td>"
             f"<td>{_fmt(s['cost_ratio'])}</td><td>{_fmt(s['mean_quality'])}</td>"
             f"<td>{_fmt(s['p50_latency_ms'], 0)}</td><td>{_fmt(s['p99_latency_ms'], 0)}</td>"
             f"<td>{_fmt(s['sla_violation_rate'])}</td><td>{_fmt(s['quality_violation_rate'])}</td>"
             f"<td>{_fmt(s['escalation_rate'])}</td>"
-            f"<td>{_fmt(m.get('cost_ratio_at_quality_0.97'))}</td>"
-            f"<td>{_fmt(m.get('quality_at_cost_0.16'))}</td>"
+            f"<td>{_matched_cell(results, name, 'cost_ratio_at_quality_0.97')}</td>"
+            f"<td>{_matched_cell(results, name, 'quality_at_cost_0.16')}</td>"
             f"<td>{_fmt(results.get('auc', {}).get(name))}</td>"
             f"<td>{html.escape(top_shares(s['tier_shares']))}</td></tr>"
         )
@@ -86,6 +109,11 @@ def per_task_table(results: dict[str, Any], systems: tuple[str, ...] = ("routenl
         cells.append(f"<td>{_fmt(rn.get('escalation_rate'))}</td><td>{_fmt(rn.get('quality_violation_rate'))}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _boot_note(results: dict[str, Any]) -> str:
+    b = results.get("bootstrap") or {}
+    return f"({b.get('resamples')} resamples, seed {b.get('seed')})" if b else "(not computed)"
 
 
 def render_html(results: dict[str, Any], *, title: str | None = None) -> str:
@@ -115,9 +143,11 @@ def render_html(results: dict[str, Any], *, title: str | None = None) -> str:
 {(' <b>' + html.escape(', '.join(badges)) + '</b>.') if badges else ''}</p>
 <h2>Systems</h2>
 {systems_table(results)}
-<p class="note">cost @ q 0.97: least cost ratio on the system's cost-quality front reaching quality ratio 0.97
-(— = never); quality @ c 0.16: the front's quality ratio at cost ratio 0.16; AUC: area under the front over
-cost ratio [0, 1] (trapezoid).</p>
+<p class="note">Each system's curve is the upper convex hull of its (at most the same number of) operating
+points: mixing two points at random achieves every hull point. cost @ q 0.97: least cost ratio on the hull
+reaching quality ratio 0.97 (— = never); quality @ c 0.16: the hull's quality ratio at cost ratio 0.16; AUC:
+area under the hull over cost ratio [0, 1]. Brackets: 95% paired-bootstrap interval over test queries
+{html.escape(_boot_note(results))}; <b class="sig">*</b>: the difference to routenlp (Δ, its interval) excludes zero.</p>
 <h2>Cost-quality curves</h2>
 {_img(cost_quality_plot(results), 'cost-quality curves')}
 <h2>Tier shares per task</h2>

@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from routenlp.bench.metrics import pareto_front  # noqa: E402
+from routenlp.bench.metrics import upper_hull  # noqa: E402
 
 HIGHLIGHT = ("routenlp",)
 
@@ -37,7 +37,7 @@ def _style(name: str) -> dict[str, Any]:
 
 
 def cost_quality_plot(results: dict[str, Any]) -> bytes:
-    """Each system's swept points and Pareto front; always-<tier> systems as markers."""
+    """Each system's swept points and upper convex hull; always-<tier> systems as markers."""
     fig, ax = plt.subplots(figsize=(8.5, 5.5))
     for name, sysm in results["systems"].items():
         curve = sysm.get("curve") or [[sysm["cost_ratio"], sysm["quality_ratio"]]]
@@ -45,7 +45,7 @@ def cost_quality_plot(results: dict[str, Any]) -> bytes:
             ax.scatter([sysm["cost_ratio"]], [sysm["quality_ratio"]], marker="x", color="grey", s=22)
             ax.annotate(name[7:], (sysm["cost_ratio"], sysm["quality_ratio"]), fontsize=6, color="grey")
             continue
-        front = pareto_front(curve)
+        front = upper_hull(curve)
         xs = [c for c, _ in front]
         ys = [q for _, q in front]
         style = _style(name)
@@ -56,7 +56,7 @@ def cost_quality_plot(results: dict[str, Any]) -> bytes:
     ax.set_xlabel(f"cost ratio (vs {results.get('reference', 'reference')})")
     ax.set_ylabel("quality ratio")
     ax.set_xlim(left=0)
-    ax.set_title("Cost-quality trade-off (Pareto fronts of swept operating points)")
+    ax.set_title("Cost-quality trade-off (upper convex hulls of capped operating points)")
     ax.legend(fontsize=7, ncol=2, loc="lower right")
     ax.grid(alpha=0.3)
     return _png(fig)

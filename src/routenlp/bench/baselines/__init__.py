@@ -7,10 +7,12 @@ from routenlp.bench.baselines import (  # noqa: F401  (registration side effects
     automix,
     frugalgpt,
     hybrid_llm,
+    knn_router,
     oracle,
     random_router,
     routellm_bert,
     routellm_mf,
+    task_mix,
 )
 from routenlp.bench.baselines.always import AlwaysTier
 from routenlp.bench.baselines.base import (

@@ -1,0 +1,133 @@
+"""Paired bootstrap over test queries for the matched numbers of every system.
+
+Why paired: every system answers the same test queries, so resampling query indices once
+per replicate and re-scoring every system on that same resample keeps the correlation
+between systems; a difference's interval is then much tighter (and honest) compared with
+two independent intervals.
+
+Per replicate: draw n query indices with replacement (numpy, seeded); for every operating
+point of every system, recompute (cost ratio, quality ratio) from its per-query quality
+and cost on the resample (the reference system's totals are recomputed on the same
+resample); re-take each system's upper convex hull; read cost @ q0.97 and quality @ c0.16
+off it. The interval is the percentile interval (2.5 %, 97.5 %) over replicates.
+
+A matched number a hull cannot reach on a replicate (cost @ q0.97 when the hull stays
+below 0.97; quality @ c0.16 when the cheapest point costs more) counts as +inf / -inf
+there, so "never" ranks correctly; an interval end that is infinite is written as null.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from routenlp.bench.metrics import COST_AT_Q, COST_TARGET, QUALITY_AT_C, QUALITY_TARGET, matched
+
+N_RESAMPLES = 1000
+LEVEL = 0.95
+
+
+@dataclass(frozen=True)
+class PointOutcomes:
+    """Per-query outcomes of one system's operating points: arrays of shape (P, n)."""
+
+    quality: np.ndarray
+    cost: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.quality.shape != self.cost.shape or self.quality.ndim != 2:
+            raise ValueError("quality and cost must both be (points, queries) arrays")
+
+
+def ratio_points(
+    outcomes: PointOutcomes, ref_quality: np.ndarray, ref_cost: np.ndarray, weights: np.ndarray | None = None
+) -> np.ndarray:
+    """(cost ratio, quality ratio) of every operating point, optionally on a resample given
+    as per-query counts `weights` (shape (n,) or (B, n)). Returns (P, 2) or (B, P, 2)."""
+    w = np.ones(ref_quality.shape[0]) if weights is None else np.asarray(weights, dtype=float)
+    rq = w @ ref_quality
+    rc = w @ ref_cost
+    q = w @ outcomes.quality.T  # (..., P)
+    c = w @ outcomes.cost.T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        qr = np.where(np.asarray(rq)[..., None] > 0, q / np.asarray(rq)[..., None], 0.0)
+        cr = np.where(np.asarray(rc)[..., None] > 0, c / np.asarray(rc)[..., None], 0.0)
+    return np.stack([cr, qr], axis=-1)
+
+
+def _matched_arrays(pts: np.ndarray) -> tuple[float, float]:
+    m = matched(pts.tolist())
+    c = m[COST_AT_Q]
+    q = m[QUALITY_AT_C]
+    return (np.inf if c is None else float(c)), (-np.inf if q is None else float(q))
+
+
+def _interval(vals: np.ndarray, level: float) -> list[float | None]:
+    vals = vals[~np.isnan(vals)]
+    if vals.size == 0:
+        return [None, None]
+    a = (1 - level) / 2
+    lo, hi = np.quantile(vals, [a, 1 - a], method="inverted_cdf")
+    return [float(lo) if np.isfinite(lo) else None, float(hi) if np.isfinite(hi) else None]
+
+
+def _excludes_zero(vals: np.ndarray, level: float) -> bool:
+    vals = vals[~np.isnan(vals)]
+    if vals.size == 0:
+        return False
+    a = (1 - level) / 2
+    lo, hi = np.quantile(vals, [a, 1 - a], method="inverted_cdf")
+    return bool(lo > 0 or hi < 0)
+
+
+def paired_bootstrap(
+    systems: Mapping[str, PointOutcomes],
+    ref_quality: np.ndarray,
+    ref_cost: np.ndarray,
+    *,
+    baseline: str | None = "routenlp",
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 13,
+    level: float = LEVEL,
+) -> dict[str, dict[str, object]]:
+    """Intervals of every system's matched numbers and of each difference to `baseline`.
+
+    Returns {system: {"cost_ratio_at_quality_0.97": [lo, hi], "quality_at_cost_0.16": [lo, hi],
+    "diff": {metric: {"ci": [lo, hi], "excludes_zero": bool}}}} ("diff": system minus
+    baseline, absent for the baseline itself and when it is not among the systems)."""
+    n = ref_quality.shape[0]
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n, size=(n_resamples, n))
+    weights = np.zeros((n_resamples, n))
+    np.add.at(weights, (np.arange(n_resamples)[:, None], draws), 1.0)
+    stats: dict[str, np.ndarray] = {}
+    for name, out in systems.items():
+        pts = ratio_points(out, ref_quality, ref_cost, weights)  # (B, P, 2)
+        stats[name] = np.array([_matched_arrays(pts[b]) for b in range(n_resamples)])  # (B, 2)
+    keys = (COST_AT_Q, QUALITY_AT_C)
+    res: dict[str, dict[str, object]] = {}
+    base = stats.get(baseline) if baseline is not None else None
+    for name, st in stats.items():
+        entry: dict[str, object] = {k: _interval(st[:, m], level) for m, k in enumerate(keys)}
+        if base is not None and name != baseline:
+            diff: dict[str, object] = {}
+            for m, k in enumerate(keys):
+                with np.errstate(invalid="ignore"):
+                    d = st[:, m] - base[:, m]  # inf - inf -> nan: both never reach; dropped
+                diff[k] = {"ci": _interval(d, level), "excludes_zero": _excludes_zero(d, level)}
+            entry["diff"] = diff
+        res[name] = entry
+    return res
+
+
+__all__ = [
+    "COST_TARGET",
+    "LEVEL",
+    "N_RESAMPLES",
+    "PointOutcomes",
+    "QUALITY_TARGET",
+    "paired_bootstrap",
+    "ratio_points",
+]
