@@ -86,3 +86,25 @@ def test_evaluate_on_builtin_workload(setup) -> None:  # noqa: ANN001
     assert systems["always-T3"]["cost_ratio"] == pytest.approx(1.0)
     assert systems["oracle"]["quality_ratio"] >= systems["routenlp"]["quality_ratio"] - 1e-9
     assert systems["routenlp"]["cost_ratio"] < 1.0
+
+
+def test_certified_policy_is_routenlps_default_point(setup) -> None:  # noqa: ANN001
+    """With a certified policy, RouteNLP's table row is the certified theta replayed through
+    the Cascade, its curve the calibration front, and the per-tier thresholds run as the
+    `routenlp-per-tier` ablation; the certificate travels into the results."""
+    from routenlp.conformal.certify import calibrate_policy
+
+    cfg, train, cal, test, router, _ = setup
+    th = calibrate(cfg, cal, alpha=0.05)
+    art = calibrate_policy(cfg, cal, router=router, quality_target=0.97, delta=0.1, seed=13)
+    res = evaluate(cfg, test, router=router, thresholds=th, policy=art, baselines="none",
+                   train_rows=train, seed=13, bootstrap=50, matrix_name="builtin").to_json()
+    systems = res["systems"]
+    assert {"routenlp", "routenlp-per-tier", "routenlp-router-only"} <= set(systems)
+    op = systems["routenlp"]["operating_point"]
+    assert op["lambda"] == pytest.approx(art.theta.lam)
+    assert op["certified"] == art.certificate.certified
+    assert 1 <= res["n_points"]["routenlp"] <= 40
+    assert res["certificate"]["theta"]["lam"] == pytest.approx(art.theta.lam)
+    assert res["certificate"]["plain"] == art.certificate.plain()
+    assert "routenlp-per-tier" in res["descriptions"] and "per-(task, tier)" in res["descriptions"]["routenlp-per-tier"]

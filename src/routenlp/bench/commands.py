@@ -11,7 +11,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from routenlp.cli_utils import console, friendly_errors, progress, write_json
+from routenlp.cli_utils import console, friendly_errors, positive, probability, progress, unit_interval, write_json
 from routenlp.config import EnsembleConfig
 from routenlp.errors import ConfigError, DataError
 from routenlp.matrix import MatrixRow
@@ -190,8 +190,8 @@ def register(app: typer.Typer) -> None:
         reference: Annotated[str, typer.Option("--reference", help="ratio reference: top (most expensive tier) | best (best single tier on train)")] = "top",
         json_out: Annotated[Optional[Path], typer.Option("--json", help="write the evaluation-results JSON")] = None,
         html_out: Annotated[Optional[Path], typer.Option("--html", help="write the HTML report")] = None,
-        tau: Annotated[Optional[float], typer.Option("--tau", help="override every task's tau")] = None,
-        sla_ms: Annotated[Optional[float], typer.Option("--sla-ms", help="override every task's SLA (ms)")] = None,
+        tau: Annotated[Optional[float], typer.Option("--tau", callback=unit_interval, help="override every task's tau")] = None,
+        sla_ms: Annotated[Optional[float], typer.Option("--sla-ms", callback=positive, help="override every task's SLA (ms)")] = None,
         latency_profile: Annotated[Optional[Path], typer.Option("--latency-profile", help="JSON {tier: p50_ms | {p50_ms, p99_ms}} for matrices without latency")] = None,
         no_sla: Annotated[bool, typer.Option("--no-sla", help="evaluate RouteNLP without SLA awareness")] = False,
         points: Annotated[int, typer.Option("--points", help="cap on operating points per system (same for all; longer grids subsampled evenly)")] = 40,
@@ -207,6 +207,10 @@ def register(app: typer.Typer) -> None:
 
         if reference not in ("top", "best"):
             raise ConfigError(f"--reference must be 'top' or 'best', got {reference!r}")
+        if policy not in ("certified", "per-tier"):
+            raise ConfigError(f"--policy must be 'certified' or 'per-tier', got {policy!r}")
+        if guarantee not in ("high-probability", "expected"):
+            raise ConfigError(f"--guarantee must be 'high-probability' or 'expected', got {guarantee!r}")
         if points < 1:
             raise ConfigError(f"--points must be >= 1, got {points}")
         if bootstrap < 0:
@@ -233,22 +237,27 @@ def register(app: typer.Typer) -> None:
         json_out: Annotated[Path, typer.Option("--json", help="write the evaluation-results JSON")],
         html_out: Annotated[Optional[Path], typer.Option("--html", help="write the HTML report")] = None,
         out_dir: Annotated[Optional[Path], typer.Option("--out-dir", help="where the router, estimator and thresholds go")] = None,
-        alpha: Annotated[float, typer.Option("--alpha", help="target accepted-but-bad rate")] = 0.05,
+        alpha: Annotated[float, typer.Option("--alpha", callback=probability, help="target accepted-but-bad rate")] = 0.05,
         method: Annotated[str, typer.Option("--method", help="crc | ltt")] = "crc",
         reference: Annotated[str, typer.Option("--reference", help="top | best")] = "top",
         baselines: Annotated[str, typer.Option("--baselines", help="all | none | comma-separated names")] = "all",
         config: Annotated[Optional[Path], typer.Option("--config", help="ensemble YAML instead of the directory's models.json")] = None,
-        tau: Annotated[Optional[float], typer.Option("--tau", help="override every task's tau")] = None,
-        sla_ms: Annotated[Optional[float], typer.Option("--sla-ms", help="every task's SLA (ms)")] = None,
+        tau: Annotated[Optional[float], typer.Option("--tau", callback=unit_interval, help="override every task's tau")] = None,
+        sla_ms: Annotated[Optional[float], typer.Option("--sla-ms", callback=positive, help="every task's SLA (ms)")] = None,
         latency_profile: Annotated[Optional[Path], typer.Option("--latency-profile", help="JSON {tier: p50_ms | {p50_ms, p99_ms}}")] = None,
         cal_fraction: Annotated[float, typer.Option("--cal-fraction", help="share of train split off for calibration when there is no cal.jsonl")] = 0.2,
         points: Annotated[int, typer.Option("--points", help="cap on operating points per system (same for all; longer grids subsampled evenly)")] = 40,
         bootstrap: Annotated[int, typer.Option("--bootstrap", help="paired-bootstrap resamples over test queries (0: no intervals)")] = 1000,
         per_query: Annotated[Optional[Path], typer.Option("--per-query", help="write one JSONL row per system default point and test query")] = None,
         seed: Annotated[int, typer.Option("--seed")] = 13,
+        policy: Annotated[str, typer.Option("--policy", help="certified (one guarantee for the served policy) | per-tier (the ablation's thresholds served)")] = "certified",
+        quality_target: Annotated[float, typer.Option("--quality-target", min=0.01, max=0.999, help="quality ratio vs the ladder top the certified policy keeps (sets alpha)")] = 0.97,
+        delta: Annotated[float, typer.Option("--delta", min=1e-6, max=0.999, help="the certificate's failure probability")] = 0.1,
+        guarantee: Annotated[str, typer.Option("--guarantee", help="high-probability (learn then test) | expected (CRC)")] = "high-probability",
     ) -> None:
-        """Train the router, calibrate and evaluate on a routing-matrix directory in one go."""
+        """Train the router, certify the policy and evaluate on a routing-matrix directory in one go."""
         from routenlp.bench.harness import evaluate
+        from routenlp.conformal.commands import print_certificate
         from routenlp.conformal import calibrate, train_estimator
         from routenlp.matrix import read_matrix
         from routenlp.router.inference import Router
@@ -283,7 +292,8 @@ def register(app: typer.Typer) -> None:
         )
         with progress() as prog:
             tick = progress_callback(prog)
-            report = train_router(cfg, fit_rows, out / "router", progress=prog)
+            cfg.router.quality_target = quality_target
+            report = train_router(cfg, fit_rows, out / "router", progress=prog, reference=reference)  # type: ignore[arg-type]
             router = Router.load(out / "router", cfg)
             tick("router trained", 1, 1)
             needs_est = any(
@@ -295,10 +305,19 @@ def register(app: typer.Typer) -> None:
                 est.save(out / "estimator")
             thr = calibrate(cfg, cal_rows, alpha=alpha, method=method, estimator=est, progress=lambda lbl, a, b: tick("calibration", a, b))
             thr.save(out / "thresholds.json")
+            art = None
+            if policy == "certified":
+                from routenlp.conformal.certify import calibrate_policy
+
+                art = calibrate_policy(
+                    cfg, cal_rows, router=router, estimator=est, quality_target=quality_target, delta=delta,
+                    guarantee=guarantee, seed=seed, progress=lambda lbl, a, b: tick("certifying the policy", a, b),  # type: ignore[arg-type]
+                )
+                art.save(out / "policy.json")
             results = evaluate(
                 cfg, test_rows, router=router, thresholds=thr, baselines=baselines, train_rows=train_rows,
                 reference=reference, seed=seed, estimator=est, cal_rows=cal_rows,  # type: ignore[arg-type]
-                matrix_name=d.name, progress=tick, points=points, bootstrap=bootstrap,
+                matrix_name=d.name, progress=tick, points=points, bootstrap=bootstrap, policy=art,
             )
         results.notes.insert(
             0,
@@ -307,4 +326,6 @@ def register(app: typer.Typer) -> None:
             f"train rows; router validation tier accuracy {report.overall.tier_accuracy:.3f}",
         )
         emit_results(results, json_out, html_out, per_query)
+        if art is not None:
+            print_certificate(art)
         console.print(f"artifacts -> {out}")

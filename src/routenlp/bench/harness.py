@@ -110,6 +110,7 @@ class EvalResults(BaseModel):
     differences: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
     bootstrap: dict[str, Any] = Field(default_factory=dict)
     curve_rule: str = "upper convex hull of the capped operating points"
+    certificate: dict[str, Any] | None = None  # the served certified policy's certificate
     _records: dict[str, list[Served]] = PrivateAttr(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -267,16 +268,16 @@ def _isnan(x: float) -> bool:
 # -- embeddings ------------------------------------------------------------------------
 
 
-def encoder_embedder(config: EnsembleConfig) -> EmbedFn:
-    """MiniLM embeddings through the shared encoder (its cache: each text computed once)."""
-    from routenlp.router.encoder import get_encoder
+def encoder_embedder(config: EnsembleConfig, train: MatrixView | None = None) -> EmbedFn:
+    """The router's embedding path for the baselines (`router.features.query_embedder`):
+    the prompt blocks shared by a task's train prompts are stripped and long texts keep
+    their tail, so every learned system sees the same distinctive part of a query."""
+    from routenlp.router.features import PromptFeaturizer, query_embedder
 
-    enc = get_encoder(config.router.encoder)
-
-    def embed(texts: Sequence[str]) -> np.ndarray:
-        return enc.encode(list(texts))
-
-    return embed
+    feat = None
+    if train is not None:
+        feat = PromptFeaturizer.fit([r.task for r in train.rows], [r.prompt for r in train.rows])
+    return query_embedder(feat, encoder=config.router.encoder)
 
 
 def warm_embeddings(embed: EmbedFn, texts: Sequence[str], progress: ProgressFn | None, chunk: int = 512) -> None:
@@ -412,7 +413,7 @@ def run_baselines(
     notes: list[str] = []
     embed = settings.embed
     if embed is None and train is not None and any(n in EMBEDDING_BASELINES for n in names):
-        embed = encoder_embedder(data.config)
+        embed = encoder_embedder(data.config, train)
     if embed is not None and train is not None and any(n in EMBEDDING_BASELINES for n in names):
         warm_embeddings(embed, [r.prompt for r in test.rows] + [r.prompt for r in train.rows], settings.progress)
     ctx = Context(
@@ -556,13 +557,16 @@ def evaluate(
     cal_rows: Sequence[MatrixRow] | None = None,
     estimator: Any = None,
     routenlp_operating_points: Sequence[RouteNLPPoint] | None = None,
+    policy: Any = None,
     **overrides: Any,
 ) -> EvalResults:
     """Evaluate RouteNLP (via the Cascade), its ablations and the baselines on one split.
 
     `settings` (or keyword overrides of its fields, e.g. `baselines="all"`, `seed=13`,
     `points=40`) configure the run; `routenlp_operating_points` replaces RouteNLP's
-    default cost_bias grid (see `routenlp_eval.routenlp_points`)."""
+    default cost_bias grid (see `routenlp_eval.routenlp_points`); `policy` (a certified
+    PolicyArtifact) makes its theta RouteNLP's default point and its calibration front the
+    curve, with `thresholds` then run as the `routenlp-per-tier` ablation."""
     unknown = sorted(set(overrides) - _SETTING_NAMES)
     if unknown:
         raise TypeError(f"evaluate() got unknown settings {unknown}")
@@ -581,7 +585,8 @@ def evaluate(
         notes.append(ref_note)
     if router is not None:
         rn_runs, rn_notes = evaluate_routenlp(data, settings, router=router, thresholds=thresholds,
-                                              estimator=estimator, points=routenlp_operating_points)
+                                              estimator=estimator, points=routenlp_operating_points,
+                                              policy=policy)
         runs.update(rn_runs)
         notes.extend(rn_notes)
     else:
@@ -590,7 +595,13 @@ def evaluate(
     runs.update(bl_runs)
     notes.extend(bl_notes)
     notes.append(f"curves: upper convex hull of at most {settings.points} operating points per system")
-    return summarise(data, settings, runs, ref_name, notes)
+    results = summarise(data, settings, runs, ref_name, notes)
+    if policy is not None:
+        from routenlp.conformal.commands import certificate_json
+
+        results.certificate = certificate_json(policy)
+        results.notes.insert(0, "certificate: " + policy.certificate.plain())
+    return results
 
 
 def _no_embed(texts: Sequence[str]) -> np.ndarray:  # pragma: no cover - guarded above

@@ -38,6 +38,7 @@ SUCCESS_COST_BIASES: tuple[float, ...] = (
     -0.2, -0.05, 0.0, 0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5,
 )
 ABLATIONS = (
+    "routenlp-per-tier",
     "routenlp-router-only",
     "routenlp-cascade-from-t1",
     "routenlp-no-sla",
@@ -131,12 +132,17 @@ def run_cascade(
     from routenlp.cascade import Cascade
     from routenlp.tiers.replay import build_replay_tiers
 
+    from routenlp.conformal.certify import PolicyArtifact
+
     tiers = build_replay_tiers(config, view.rows)
+    certified = isinstance(thresholds, PolicyArtifact)
     cascade = Cascade(
         config,
         tiers,
         router=router,
-        thresholds=thresholds,
+        thresholds=None if certified else thresholds,
+        policy=thresholds if certified else None,
+        online=False,
         latency=latency,
         sla_aware=sla_aware,
         estimator=estimator,
@@ -226,6 +232,39 @@ def routenlp_points(
     ]
 
 
+def certified_points(policy: Any, router: Any, settings: EvalSettings) -> list[RouteNLPPoint]:
+    """The certified policy's points: the served theta (the table row) plus the Pareto
+    front on calibration split A that the fixed-sequence test walked (capped at
+    `settings.points`). Every theta was fixed on calibration rows; the test split only
+    scores them."""
+    from routenlp.conformal.certify import Theta, pareto_order
+
+    table = list(policy.meta.get("table") or [])
+    thetas = [Theta.model_validate(r["theta"]) for r in table]
+    if thetas:
+        risk = np.array([float(r["risk_A"]) for r in table])
+        cost = np.array([float(r["cost_A"]) for r in table])
+        front = [thetas[j] for j in pareto_order(risk, cost)]
+    else:
+        front = []
+    served = policy.theta
+    idx = subsample_grid(list(range(len(front))), max(1, settings.points - 1), keep=None) if front else []
+    chosen = [front[int(i)] for i in idx if front[int(i)] != served]
+    default_b = float(getattr(router, "cost_bias", 0.0))
+    cert = policy.certificate
+
+    def point(th: Any, default: bool) -> RouteNLPPoint:
+        b = default_b if th.b is None else float(th.b)
+        return RouteNLPPoint(
+            b, policy.with_theta(th),
+            {"cost_bias": b, "lambda": float(th.lam), "alpha": float(cert.alpha), "delta": float(cert.delta),
+             "guarantee": cert.guarantee, "certified": bool(cert.certified)},
+            default=default,
+        )
+
+    return [point(served, True), *(point(th, False) for th in chosen)]
+
+
 # -- the stage --------------------------------------------------------------------------
 
 
@@ -237,6 +276,7 @@ def evaluate_routenlp(
     thresholds: Any,
     estimator: Any = None,
     points: Sequence[RouteNLPPoint] | None = None,
+    policy: Any = None,
 ) -> tuple[dict[str, SystemRun], list[str]]:
     """RouteNLP and its ablations: ({name: run}, notes).
 
@@ -245,7 +285,13 @@ def evaluate_routenlp(
     cost_bias; the cascade from the ladder's cheapest tier runs at the default point only
     (it has no router knob)."""
     cfg, test = data.config, data.test
-    pts = list(points) if points is not None else routenlp_points(cfg, router, thresholds, settings)
+    per_tier_pts: list[RouteNLPPoint] = []
+    if policy is not None and points is None:
+        # the served policy is the certified one; the per-tier thresholds are its ablation
+        per_tier_pts = routenlp_points(cfg, router, thresholds, settings) if thresholds is not None else []
+        pts = certified_points(policy, router, settings)
+    else:
+        pts = list(points) if points is not None else routenlp_points(cfg, router, thresholds, settings)
     if not pts:
         raise ConfigError("RouteNLP needs at least one operating point")
     defaults = [p for p in pts if p.default]
@@ -253,8 +299,9 @@ def evaluate_routenlp(
     tasks = [r.task for r in test.rows]
     texts = [r.prompt for r in test.rows]
     routers: dict[float, _FixedBiasRouter] = {}
-    n_biases = len({p.cost_bias for p in pts})
-    for k, b in enumerate(sorted({p.cost_bias for p in pts})):
+    all_biases = sorted({p.cost_bias for p in [*pts, *per_tier_pts]})
+    n_biases = len(all_biases)
+    for k, b in enumerate(all_biases):
         routers[b] = _FixedBiasRouter(router, tasks, texts, b)
         settings.step("router decisions", k + 1, n_biases)
     warm_cascade_cache(cfg, estimator, test)
@@ -274,8 +321,24 @@ def evaluate_routenlp(
             if p is default:
                 rows[name] = recs
         settings.step("RouteNLP cascade sweep", k + 1, len(pts))
-    ro_curve = {b: router_only(test, rt) for b, rt in routers.items()}
+    ro_biases = sorted({p.cost_bias for p in (per_tier_pts or pts)})
+    ro_curve = {b: router_only(test, routers[b]) for b in ro_biases}
+    ro_default = default.cost_bias if default.cost_bias in ro_curve else ro_biases[0]
     t1 = replay(default, start_at_first=True)
+    per_tier_run: SystemRun | None = None
+    if per_tier_pts:
+        pt_default = next((p for p in per_tier_pts if p.default), per_tier_pts[0])
+        pt_curve = []
+        for k, p in enumerate(per_tier_pts):
+            pt_curve.append(replay(p))
+            if p is pt_default:
+                pt_rows = pt_curve[-1]
+            settings.step("per-tier ablation sweep", k + 1, len(per_tier_pts))
+        per_tier_run = SystemRun(
+            "routenlp-per-tier", pt_rows, outcomes_of(pt_curve),
+            "ablation: router + cascade with per-(task, tier) CRC/LTT thresholds (bounds each tier "
+            "alone, not the served policy)", dict(pt_default.label),
+        )
 
     has_frontier = callable(getattr(router, "ladder", None))
     ladder_mode = "frontier" if settings.ladder in (None, "frontier") and has_frontier else "all"
@@ -284,8 +347,8 @@ def evaluate_routenlp(
         "routenlp": SystemRun("routenlp", rows["routenlp"], outcomes_of(curves["routenlp"]),
                               "router -> conformal cascade (SLA-aware), replayed through Cascade", op),
         "routenlp-router-only": SystemRun(
-            "routenlp-router-only", ro_curve[default.cost_bias], outcomes_of(list(ro_curve.values())),
-            "ablation: router decision served as is (no cascade)", {"cost_bias": default.cost_bias}),
+            "routenlp-router-only", ro_curve[ro_default], outcomes_of(list(ro_curve.values())),
+            "ablation: router decision served as is (no cascade)", {"cost_bias": ro_default}),
         "routenlp-cascade-from-t1": SystemRun(
             "routenlp-cascade-from-t1", t1, outcomes_of([t1]),
             "ablation: cascade from the cheapest ladder tier (no router decision)",
@@ -297,6 +360,9 @@ def evaluate_routenlp(
             "ablation: router + cascade through every serving tier in cost order (pre-frontier ladder)",
             {**default.label, "ladder": "all"}),
     }
+    if per_tier_run is not None:
+        runs["routenlp-per-tier"] = per_tier_run
+        runs["routenlp"].description = "router -> certified cascade (one guarantee for the served policy)"
     notes = [
         f"RouteNLP curve: {len(pts)} operating points (cost_bias {sorted({p.cost_bias for p in pts})}) "
         "at thresholds fixed before the test split",
@@ -311,7 +377,7 @@ def warm_cascade_cache(config: EnsembleConfig, estimator: Any, view: MatrixView)
     estimator's per-call encodes are cache hits (same encoder instance)."""
     if estimator is None:
         return
-    texts = [r.prompt for r in view.rows]
+    texts = estimator._queries([r.prompt for r in view.rows])
     for r in view.rows:
         for o in r.outcomes.values():
             texts.append(_text(o.response))

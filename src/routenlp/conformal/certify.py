@@ -615,7 +615,7 @@ def replay_evaluator(
     sla_aware: bool = True,
 ) -> Evaluator:
     """theta -> (regret, cost) per row from the REAL `Cascade.run` over replay tiers."""
-    from routenlp.bench.harness import _FixedBiasRouter, _request_builder
+    from routenlp.bench.routenlp_eval import _FixedBiasRouter, _request_builder
     from routenlp.cascade import Cascade
     from routenlp.errors import TierError
     from routenlp.tiers.replay import build_replay_tiers
@@ -747,7 +747,7 @@ def calibrate_policy(
         if router is None:
             biases = [None]
         else:
-            from routenlp.bench.harness import default_cost_biases
+            from routenlp.bench.routenlp_eval import default_cost_biases
 
             biases = list(default_cost_biases(router))
     thetas = [Theta(b=b, lam=float(lam)) for b in biases for lam in lambdas]

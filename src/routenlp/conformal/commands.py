@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from routenlp.cli_utils import console
+from routenlp.cli_utils import console, probability, unit_interval
 from routenlp.config import config_for_matrix
 from routenlp.conformal.certify import PolicyArtifact
 from routenlp.conformal.thresholds import Thresholds
@@ -99,13 +99,13 @@ def register(app: typer.Typer) -> None:
             None, "--models", help="routing-matrix models.json (instead of --config)"
         ),
         alpha: float | None = typer.Option(
-            None, "--alpha", help="target accepted-but-bad rate (default: config, else 0.05)"
+            None, "--alpha", callback=probability, help="target accepted-but-bad rate (default: config, else 0.05)"
         ),
         method: str | None = typer.Option(None, "--method", help="crc (expected risk) or ltt"),
         delta_conf: float | None = typer.Option(
-            None, "--delta-conf", help="ltt: P(risk > alpha) <= delta_conf"
+            None, "--delta-conf", callback=probability, help="ltt: P(risk > alpha) <= delta_conf"
         ),
-        tau: float | None = typer.Option(None, "--tau", help="override every task's quality bar"),
+        tau: float | None = typer.Option(None, "--tau", callback=unit_interval, help="override every task's quality bar"),
         estimator: Path | None = typer.Option(
             None, "--estimator", help="learned quality estimator dir for tiers without a signal"
         ),
@@ -187,7 +187,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", help="directory to write the estimator to"),
         config: Path | None = typer.Option(None, "--config", help="ensemble config YAML"),
         models: Path | None = typer.Option(None, "--models", help="routing-matrix models.json"),
-        tau: float | None = typer.Option(None, "--tau", help="override every task's quality bar"),
+        tau: float | None = typer.Option(None, "--tau", callback=unit_interval, help="override every task's quality bar"),
         tiers: str | None = typer.Option(
             None, "--tiers", help="comma-separated tiers (default: every tier but the top)"
         ),

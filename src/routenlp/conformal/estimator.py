@@ -71,7 +71,17 @@ class QualityEstimator:
     taus: dict[str, float] = field(default_factory=dict)
     train_ids: list[str] = field(default_factory=list)
     created_at: float = field(default_factory=time.time)
+    # the router's featuriser (shared prompt blocks stripped from queries), learnt on the
+    # estimator's train rows: the estimator sees the same part of a query as the router
+    featurizer: dict[str, Any] = field(default_factory=dict)
     _encoder: TextEncoder | None = field(default=None, repr=False)
+
+    def _queries(self, queries: Sequence[str]) -> list[str]:
+        from routenlp.router.features import PromptFeaturizer
+
+        if not self.featurizer:
+            return list(queries)
+        return PromptFeaturizer.model_validate(self.featurizer).transform_all(None, list(queries))
 
     # -- inference ---------------------------------------------------------------------
     @property
@@ -107,7 +117,7 @@ class QualityEstimator:
         if not queries:
             return np.zeros(0)
         m = self.models[tier]
-        emb = self.encoder.encode(list(queries) + list(answers))
+        emb = self.encoder.encode(self._queries(queries) + list(answers))
         x = pair_features(emb[: len(queries)], emb[len(queries) :])
         return _sigmoid(x @ m.coef + m.intercept)
 
@@ -135,6 +145,7 @@ class QualityEstimator:
             "features": "[q, a, q*a, |q-a|]",
             "created_at": self.created_at,
             "taus": self.taus,
+            "featurizer": self.featurizer,
             "tiers": [
                 {
                     "name": t,
@@ -181,6 +192,7 @@ class QualityEstimator:
             taus={k: float(v) for k, v in meta.get("taus", {}).items()},
             train_ids=train_ids,
             created_at=float(meta.get("created_at", 0.0)),
+            featurizer=dict(meta.get("featurizer") or {}),
             _encoder=encoder,
         )
 
@@ -220,7 +232,10 @@ def train_estimator(
     taus = {t.name: t.tau for t in config.tasks}
     use_tiers = list(tiers) if tiers is not None else config.tier_names
     models: dict[str, _TierModel] = {}
-    prompts = [r.prompt for r in rows]
+    from routenlp.router.features import PromptFeaturizer
+
+    feat = PromptFeaturizer.fit([r.task for r in rows], [r.prompt for r in rows])
+    prompts = feat.transform_all(None, [r.prompt for r in rows])
     q_emb = encoder.encode(prompts)
     for ti, tier in enumerate(use_tiers):
         idx, answers, labels = [], [], []
@@ -269,5 +284,6 @@ def train_estimator(
         models=models,
         taus=taus,
         train_ids=[r.id for r in rows],
+        featurizer=feat.model_dump(mode="json"),
         _encoder=encoder,
     )

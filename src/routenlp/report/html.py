@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,16 @@ def render_html(results: dict[str, Any], *, title: str | None = None) -> str:
         for k, v in results.get("descriptions", {}).items()
         if not k.startswith("always-")
     )
+    cert = results.get("certificate") or {}
+    cert_html = ""
+    if cert:
+        c = cert.get("certificate", {})
+        cert_html = (
+            f"<h2>Guarantee</h2><p><b>{html.escape(str(cert.get('plain', '')))}</b></p>"
+            f"<p class=\"note\">served theta {html.escape(json.dumps(cert.get('theta')))}; alpha {_fmt(c.get('alpha'))}, "
+            f"delta {_fmt(c.get('delta'))}, n_A {c.get('n_A')}, n_B {c.get('n_B')}, p-value {_fmt(c.get('p_value'))}, "
+            f"upper confidence bound {_fmt(c.get('ucb'))}; {html.escape(str(c.get('population', '')))}</p>"
+        )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{CSS}</style></head><body>
@@ -141,6 +152,7 @@ def render_html(results: dict[str, Any], *, title: str | None = None) -> str:
 <p>{results.get('n_test')} test queries; ratios vs <b>{html.escape(str(results.get('reference')))}</b>
 ({html.escape(str(results.get('reference_mode')))}).
 {(' <b>' + html.escape(', '.join(badges)) + '</b>.') if badges else ''}</p>
+{cert_html}
 <h2>Systems</h2>
 {systems_table(results)}
 <p class="note">Each system's curve is the upper convex hull of its (at most the same number of) operating

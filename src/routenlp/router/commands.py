@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from routenlp.cli_utils import console, err_console, friendly_errors, progress, write_json
+from routenlp.cli_utils import console, err_console, friendly_errors, progress, unit_interval, write_json
 from routenlp.errors import ConfigError
 
 
@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option("--out", help="router artifact directory to write")],
         config: Annotated[Optional[Path], typer.Option("--config", help="ensemble YAML")] = None,
         models: Annotated[Optional[Path], typer.Option("--models", help="models.json of a routing matrix")] = None,
-        tau: Annotated[Optional[float], typer.Option("--tau", help="override every task's tau")] = None,
+        tau: Annotated[Optional[float], typer.Option("--tau", callback=unit_interval, help="override every task's tau")] = None,
         register_: Annotated[bool, typer.Option("--register", help="register in the store")] = False,
         store: Annotated[
             Optional[str], typer.Option("--store", help="store URL for --register (default: the config's store.url)")
