@@ -257,11 +257,22 @@ def register(app: typer.Typer) -> None:
         tiers: str | None = typer.Option(None, help="comma-separated tiers (default: all)"),
         limit: int | None = typer.Option(None, help="label only the first N rows per task"),
         batch_size: int | None = typer.Option(None, help="override the tiers' batch sizes"),
+        ray: bool = typer.Option(
+            False, "--ray", help="label on a Ray cluster with Ray Data (extra: routenlp[ray])"
+        ),
+        address: str | None = typer.Option(
+            None, "--address", help="Ray cluster address with --ray (default: RAY_ADDRESS or local)"
+        ),
     ) -> None:
         """Run every serving tier on every query, score it, write the quality matrix.
 
         Re-running skips rows already in --out; a failing tier is recorded as an error
-        outcome and labelling goes on."""
+        outcome and labelling goes on. With --ray each tier is a Ray Data stage with its
+        own batch size; the output file is the same."""
+        if address and not ray:
+            from routenlp.errors import RouteNLPError
+
+            raise RouteNLPError("--address is only used with --ray", hint="add --ray")
         cfg = load_config(config)
         rows = load_task_rows(data)
         if limit:
@@ -277,14 +288,27 @@ def register(app: typer.Typer) -> None:
             task_id = bar.add_task("labelling", total=len(rows))
             already = len(done_ids(out) & {r["id"] for r in rows})
             bar.advance(task_id, already)
-            stats = label_rows(
-                cfg,
-                rows,
-                out,
-                tier_names=names,
-                batch_size=batch_size,
-                on_progress=lambda n: bar.advance(task_id, n),
-            )
+            if ray:
+                from routenlp.scale.label import label_rows_ray
+
+                stats = label_rows_ray(
+                    cfg,
+                    rows,
+                    out,
+                    tier_names=names,
+                    batch_size=batch_size,
+                    address=address,
+                    on_progress=lambda n: bar.advance(task_id, n),
+                )
+            else:
+                stats = label_rows(
+                    cfg,
+                    rows,
+                    out,
+                    tier_names=names,
+                    batch_size=batch_size,
+                    on_progress=lambda n: bar.advance(task_id, n),
+                )
         print_summary(summarise(read_matrix(out), cfg.tier_names), title=f"Quality matrix {out}")
         from routenlp.cli_utils import console
 
