@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "routenlp.conformal.commands",
     "routenlp.bench.commands",
     "routenlp.demo",
+    "routenlp.server.commands",
 )
 
 for _mod in COMMAND_MODULES:

@@ -159,11 +159,35 @@ class StoreConfig(_Strict):
 
 
 class ServerConfig(_Strict):
+    """The gateway (`routenlp serve`) and `serve-tier`: auth, limits and fallbacks."""
+
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
-    api_keys: list[str] = Field(default_factory=list)
-    admin_key: str | None = None
+    api_keys: list[str] = Field(
+        default_factory=list, description="bearer keys (ROUTENLP_API_KEYS adds more); none = auth off"
+    )
+    admin_key: str | None = Field(None, description="bearer key for /admin/* (ROUTENLP_ADMIN_KEY)")
     task_header: str = "X-RouteNLP-Task"
+    default_task: str | None = Field(
+        None, description="task for requests that name none (default: the first configured task)"
+    )
+    fallback: Literal["cheapest", "top"] = Field(
+        "cheapest",
+        description="without calibrated thresholds: accept the cheapest serving tier's answer "
+        "(escalating only when it fails), or always serve the top tier",
+    )
+    workers: int = Field(1, ge=1, le=64)
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+    max_messages: int = Field(256, ge=1)
+    max_tokens_cap: int = Field(4096, ge=1)
+    rate_limit_per_min: float | None = Field(None, gt=0, description="per API key; None = off")
+    request_timeout_s: float = Field(120.0, gt=0)
+    max_concurrency: int = Field(256, ge=1)
+    log_queue_size: int = Field(10_000, ge=1, description="pending request records before 429")
+    log_batch_size: int = Field(256, ge=1, description="records per group commit")
+    redact_prompts: bool = Field(False, description="store a hash instead of the query text")
+    breaker_failures: int = Field(3, ge=1, description="consecutive failures that open a tier's breaker")
+    breaker_reset_s: float = Field(10.0, gt=0, description="open time before a half-open probe")
 
 
 class EnsembleConfig(_Strict):
@@ -211,6 +235,11 @@ class EnsembleConfig(_Strict):
         for task in self.tasks:
             if not any(t.serves(task.name) for t in self.tiers):
                 raise ValueError(f"tasks: no tier serves task {task.name!r}")
+        if self.server.default_task is not None and self.server.default_task not in task_names:
+            raise ValueError(
+                f"server.default_task: unknown task {self.server.default_task!r}; "
+                f"known tasks: {task_names}"
+            )
         return self
 
     # -- lookups -----------------------------------------------------------------------

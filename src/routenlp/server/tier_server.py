@@ -9,6 +9,7 @@ per-token log-probs when asked; classifier tiers answer with their label as one 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -19,7 +20,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from routenlp.config import TaskConfig
+from routenlp.config import ServerConfig, TaskConfig
 from routenlp.errors import RouteNLPError
 from routenlp.server.openai_schema import (
     AssistantMessage,
@@ -41,7 +42,8 @@ from routenlp.server.openai_schema import (
     completion_id,
     now,
 )
-from routenlp.tiers.base import Generation, Request, Tier
+from routenlp.server.security import KeyRing, RateLimiter, bearer, key_id
+from routenlp.tiers.base import Generation, Request, Tier, unsupported_params
 
 TASK_HEADER = "X-RouteNLP-Task"
 REQUEST_ID_HEADER = "X-RouteNLP-Request-Id"
@@ -95,8 +97,14 @@ def create_tier_app(
     task_config_lookup: TaskLookup | None = None,
     *,
     tasks: Sequence[str] | None = None,
+    server: ServerConfig | None = None,
 ) -> FastAPI:
     """A FastAPI app serving `tier` at /v1/chat/completions, /v1/models and /healthz.
+
+    `server` applies the gateway's auth and limits (bearer keys, message count, max_tokens
+    cap, per-key rate limit, concurrency limit, request timeout; the body-size limit is
+    the `security.BodyLimit` middleware `serve-tier` puts in front). Sampling parameters
+    the tier cannot honour and a `model` other than the tier are refused (400 / 404).
 
     `tasks`: the task names accepted (the first is the default when a request names
     none); defaults to the tier's configured task list. `task_config_lookup` supplies a
@@ -108,6 +116,24 @@ def create_tier_app(
     default_task = served[0] if served else None
     app = FastAPI(title=f"RouteNLP tier {tier.name}", docs_url=None, redoc_url=None)
     app.state.tier = tier
+    srv = server or ServerConfig()
+    keys = KeyRing.api_keys(srv)
+    limiter = RateLimiter(srv.rate_limit_per_min)
+    slots = asyncio.Semaphore(srv.max_concurrency)
+    model_names = {tier.name, *([tier.config.model] if tier.config.model else [])}
+
+    def _guard(http: HTTPRequest) -> JSONResponse | None:
+        token = bearer(http.headers.get("authorization"))
+        if keys.enabled and not keys.check(token):
+            return error_response(401, "invalid or missing API key (send Authorization: "
+                                  "Bearer <key>)", "authentication_error", code="invalid_api_key")
+        wait = limiter.take(key_id(token) if keys.enabled else "anon")
+        if wait > 0:
+            resp = error_response(429, f"rate limit of {srv.rate_limit_per_min:g} requests/min "
+                                  "exceeded for this key", "rate_limit_error")
+            resp.headers["Retry-After"] = str(max(1, int(wait + 0.999)))
+            return resp
+        return None
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: HTTPRequest, exc: RequestValidationError) -> JSONResponse:
@@ -129,13 +155,42 @@ def create_tier_app(
     async def healthz() -> dict[str, object]:
         return {"status": "ok", "tier": tier.name, "kind": tier.config.kind, "tasks": served}
 
-    @app.get("/v1/models")
-    async def models() -> ModelList:
+    @app.get("/v1/models", response_model=None)
+    async def models(http: HTTPRequest) -> ModelList | JSONResponse:
+        refused = _guard(http)
+        if refused is not None:
+            return refused
         return ModelList(data=[ModelCard(id=tier.name)])
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(body: ChatCompletionRequest, http: HTTPRequest
                    ) -> JSONResponse | StreamingResponse:
+        refused = _guard(http)
+        if refused is not None:
+            return refused
+        if body.model is not None and body.model not in model_names:
+            return error_response(404, f"model {body.model!r} does not exist; models: "
+                                  f"{sorted(model_names)}", "invalid_request_error", "model",
+                                  "model_not_found")
+        if len(body.messages) > srv.max_messages:
+            return error_response(400, f"{len(body.messages)} messages exceed the limit of "
+                                  f"{srv.max_messages}", "invalid_request_error", "messages")
+        asked = body.requested_max_tokens()
+        if asked is not None and asked > srv.max_tokens_cap:
+            return error_response(400, f"max_tokens {asked} exceeds the cap of "
+                                  f"{srv.max_tokens_cap}", "invalid_request_error", "max_tokens")
+        params = {k: getattr(body, k) for k in ("temperature", "top_p", "stop", "seed")
+                  if getattr(body, k) is not None}
+        bad = unsupported_params(tier.config.kind, params)
+        if bad:
+            return error_response(400, f"tier {tier.name!r} ({tier.config.kind}) does not "
+                                  f"support {bad}", "invalid_request_error", bad[0],
+                                  "unsupported_parameter")
+        if slots.locked():
+            resp = error_response(429, f"server busy: {srv.max_concurrency} requests in flight",
+                                  "rate_limit_error")
+            resp.headers["Retry-After"] = "1"
+            return resp
         meta = body.metadata or {}
         task = http.headers.get(TASK_HEADER) or meta.get("task") or default_task
         if not task:
@@ -165,7 +220,17 @@ def create_tier_app(
             max_tokens=max_tokens,
             id=None if request_id is None else str(request_id),
         )
-        gen = await run_in_threadpool(tier.generate, req)
+        req.params = params
+        if await http.is_disconnected():
+            return error_response(499, "client disconnected before generation started",
+                                  "invalid_request_error")
+        async with slots:
+            try:
+                gen = await asyncio.wait_for(run_in_threadpool(tier.generate, req),
+                                             srv.request_timeout_s)
+            except asyncio.TimeoutError:
+                return error_response(504, f"generation timed out after "
+                                      f"{srv.request_timeout_s:g}s", "server_error")
         if gen.error is not None:
             return error_response(502, gen.error, "tier_error", code="tier_error")
         model = tier.name

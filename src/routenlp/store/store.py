@@ -467,44 +467,7 @@ class Store:
     def log_request(self, record: Mapping[str, Any] | BaseModel) -> str:
         """Persist one request record (committed before returning) and return its id."""
         rec = _coerce_request(record)
-        meta = dict(rec.metadata or {})
-        meta.update(rec.model_extra or {})
-        row = RequestRow(
-            id=rec.id,
-            created_at=rec.created_at,
-            task=rec.task,
-            query=rec.query,
-            response=rec.response,
-            final_tier=rec.final_tier,
-            accepted=rec.accepted,
-            escalated=bool(rec.escalated),
-            path=_json_safe([step.model_dump() for step in rec.path]),
-            total_cost=_num(rec.total_cost) or 0.0,
-            latency_ms=_num(rec.latency_ms),
-            sla_ms=_num(rec.sla_ms),
-            sla_met=rec.sla_met,
-            router=_json_safe(rec.router) if rec.router is not None else None,
-            artifact_versions=(
-                _json_safe(rec.artifact_versions) if rec.artifact_versions is not None else None
-            ),
-            status=rec.status,
-            error=rec.error,
-            meta=_json_safe(meta) if meta else None,
-        )
-        steps = [
-            RequestStepRow(
-                request_id=rec.id,
-                step=i,
-                task=rec.task,
-                tier=step.tier,
-                created_at=rec.created_at,
-                latency_ms=_num(step.latency_ms),
-                accepted=step.accepted,
-                skipped=step.skipped,
-                error=step.error,
-            )
-            for i, step in enumerate(rec.path)
-        ]
+        row, steps = _request_rows(rec)
         try:
             with self._session(write=True) as session:
                 session.add(row)
@@ -513,6 +476,25 @@ class Store:
         except sa.exc.IntegrityError:
             raise StoreError(f"request id {rec.id!r} is already logged") from None
         return rec.id
+
+    def log_requests(self, records: Sequence[Mapping[str, Any] | BaseModel]) -> list[str]:
+        """Persist several request records in ONE transaction (group commit) and return their
+        ids. All or nothing: a duplicate id or a database failure commits none of them."""
+        recs = [_coerce_request(r) for r in records]
+        if not recs:
+            return []
+        pairs = [_request_rows(rec) for rec in recs]
+        try:
+            with self._session(write=True) as session:
+                session.add_all([row for row, _ in pairs])
+                session.flush()
+                session.add_all([step for _, steps in pairs for step in steps])
+        except sa.exc.IntegrityError as err:
+            raise StoreError(
+                f"a request id in this batch of {len(recs)} is already logged: "
+                f"{str(getattr(err, 'orig', err)).splitlines()[0]}"
+            ) from None
+        return [rec.id for rec in recs]
 
     def get_request(self, request_id: str) -> RequestRecord | None:
         """The logged record, or None for an unknown id."""
@@ -918,6 +900,49 @@ def _coerce_request(record: Mapping[str, Any] | BaseModel) -> RequestRecord:
         return RequestRecord.model_validate(dict(data))
     except ValidationError as err:
         raise StoreError(f"invalid request record: {_validation_message(err)}") from None
+
+
+def _request_rows(rec: RequestRecord) -> tuple[RequestRow, list[RequestStepRow]]:
+    """The requests row and its request_steps rows for one record."""
+    meta = dict(rec.metadata or {})
+    meta.update(rec.model_extra or {})
+    row = RequestRow(
+        id=rec.id,
+        created_at=rec.created_at,
+        task=rec.task,
+        query=rec.query,
+        response=rec.response,
+        final_tier=rec.final_tier,
+        accepted=rec.accepted,
+        escalated=bool(rec.escalated),
+        path=_json_safe([step.model_dump() for step in rec.path]),
+        total_cost=_num(rec.total_cost) or 0.0,
+        latency_ms=_num(rec.latency_ms),
+        sla_ms=_num(rec.sla_ms),
+        sla_met=rec.sla_met,
+        router=_json_safe(rec.router) if rec.router is not None else None,
+        artifact_versions=(
+            _json_safe(rec.artifact_versions) if rec.artifact_versions is not None else None
+        ),
+        status=rec.status,
+        error=rec.error,
+        meta=_json_safe(meta) if meta else None,
+    )
+    steps = [
+        RequestStepRow(
+            request_id=rec.id,
+            step=i,
+            task=rec.task,
+            tier=step.tier,
+            created_at=rec.created_at,
+            latency_ms=_num(step.latency_ms),
+            accepted=step.accepted,
+            skipped=step.skipped,
+            error=step.error,
+        )
+        for i, step in enumerate(rec.path)
+    ]
+    return row, steps
 
 
 def _coerce_matrix_row(raw: MatrixRow | Mapping[str, Any]) -> MatrixRow:

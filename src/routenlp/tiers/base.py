@@ -72,6 +72,35 @@ class Request:
     messages: list[dict[str, str]] | None = None
     max_tokens: int | None = None
     id: str | None = None
+    # sampling parameters a client asked for (temperature, top_p, stop, seed, ...); only
+    # tiers listed in SAMPLING_PARAMS receive them, the gateway refuses the rest
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+# Sampling parameters each tier kind can honour. Deterministic tiers (classifier, replay,
+# greedy local decoding) answer the same whatever the seed, and greedy is temperature 0 /
+# top_p 1, so only those values are accepted for them.
+SAMPLING_PARAMS: dict[str, frozenset[str]] = {
+    "openai_compat": frozenset(
+        {"temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty"}
+    ),
+}
+GREEDY_VALUES: dict[str, Any] = {"temperature": 0, "top_p": 1, "seed": None}
+
+
+def unsupported_params(kind: str, params: dict[str, Any]) -> list[str]:
+    """Names of the sampling parameters in `params` a tier of `kind` cannot honour."""
+    allowed = SAMPLING_PARAMS.get(kind, frozenset())
+    bad = []
+    for name, value in params.items():
+        if name in allowed or value is None:
+            continue
+        if name == "seed":
+            continue  # deterministic tiers give the same answer for every seed
+        if name in GREEDY_VALUES and value == GREEDY_VALUES[name]:
+            continue
+        bad.append(name)
+    return bad
 
 
 @runtime_checkable

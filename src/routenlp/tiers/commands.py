@@ -78,9 +78,12 @@ def serve_tier(
     """Serve one tier over the OpenAI chat-completions API (stream and non-stream)."""
     import uvicorn
 
+    from routenlp.server.commands import check_log_level
+    from routenlp.server.security import BodyLimit, KeyRing
     from routenlp.server.tier_server import create_tier_app
     from routenlp.tiers.base import build_tier
 
+    level = check_log_level(log_level)
     cfg = load_config(config)
     tier_cfg = cfg.tier(name)
     tasks = [t.name for t in cfg.tasks if tier_cfg.serves(t.name)]
@@ -88,13 +91,17 @@ def serve_tier(
     warmup = getattr(tier, "warmup", None)
     if callable(warmup):  # e.g. load the encoder before accepting requests
         warmup()
-    app = create_tier_app(tier, cfg.task, tasks=tasks)
+    app = BodyLimit(create_tier_app(tier, cfg.task, tasks=tasks, server=cfg.server),
+                    cfg.server.max_body_bytes)
+    if not KeyRing.api_keys(cfg.server).enabled:
+        err_console.print("[yellow]warning:[/] auth is OFF (no server.api_keys, no "
+                          "ROUTENLP_API_KEYS): anyone who can reach this port can use it")
     err_console.print(
         f"serving tier [bold]{name}[/] ({tier_cfg.kind}) at http://{host}:{port}/v1 "
         f"for tasks {tasks}"
     )
     try:
-        uvicorn.run(app, host=host, port=port, log_level=log_level)
+        uvicorn.run(app, host=host, port=port, log_level=level)  # type: ignore[arg-type]
     finally:
         tier.close()
 

@@ -171,6 +171,8 @@ class OpenAICompatTier(BaseTier):
             "temperature": 0,
             "extra_headers": {TASK_HEADER: request.task},
         }
+        if request.params:  # client sampling parameters (the gateway checked them)
+            kwargs.update({k: v for k, v in request.params.items() if v is not None})
         if logprobs:
             kwargs["logprobs"] = True
         if self._extra_body:
