@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -51,9 +52,10 @@ def friendly_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except RouteNLPError as err:
-            err_console.print(f"[bold red]error:[/] {err.message}")
+            # escape: messages quote user text and extras like routenlp[ray] verbatim
+            err_console.print(f"[bold red]error:[/] {escape(err.message)}")
             if err.hint:
-                err_console.print(f"[yellow]hint:[/] {err.hint}")
+                err_console.print(f"[yellow]hint:[/] {escape(err.hint)}")
             sys.exit(2)
         except FileNotFoundError as err:
             err_console.print(f"[bold red]error:[/] file not found: {err.filename or err}")

@@ -11,9 +11,6 @@ from types import ModuleType
 
 from routenlp.errors import RouteNLPError
 
-RAY_EXTRA_HINT = "install the extra: pip install 'routenlp[ray]'"
-
-
 class RayUnavailableError(RouteNLPError):
     """Ray (or one of its serve/data parts) is not installed."""
 
@@ -28,8 +25,8 @@ def require_ray(part: str = "") -> ModuleType:
     except ImportError as err:
         what = f"ray[{part}]" if part else "ray"
         raise RayUnavailableError(
-            f"--ray needs {what}, which is not installed ({err.name or err})",
-            hint=RAY_EXTRA_HINT,
+            f"--ray needs {what}, which is not installed ({err.name or err}): "
+            "pip install 'routenlp[ray]'"
         ) from None
     return ray
 
