@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.unit.test_gateway import Env
+from tests.unit.test_gateway_app import Env
 from routenlp.server.gateway import with_limits
 
 JSON = st.recursive(

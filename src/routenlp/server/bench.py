@@ -48,13 +48,18 @@ def _free_port() -> int:
 async def _one_conn(port: int, path: str, body: bytes, headers: dict[str, str], n: int,
                     lat: list[float]) -> int:
     """Send `n` requests over one keep-alive connection; returns how many were not 200."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    done = 0
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return n
     extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     req = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
            f"Content-Length: {len(body)}\r\n{extra}\r\n").encode() + body
     bad = 0
     try:
         for _ in range(n):
+            done += 1
             t0 = time.perf_counter()
             writer.write(req)
             head = await reader.readuntil(b"\r\n\r\n")
@@ -66,6 +71,8 @@ async def _one_conn(port: int, path: str, body: bytes, headers: dict[str, str], 
             await reader.readexactly(length)
             lat.append((time.perf_counter() - t0) * 1000.0)
             bad += status != 200
+    except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
+        bad += n - done + 1  # a dropped connection: this and the unsent requests failed
     finally:
         writer.close()
     return bad
@@ -125,7 +132,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-def _gateway_config(tmp: Path, up_port: int, router: Path | None) -> Path:
+def _gateway_config(tmp: Path, up_port: int, router: Path | None, sync: str) -> Path:
     if router is not None:
         meta = json.loads((router / "meta.json").read_text())
         tiers, tasks = list(meta["tiers"]), list(meta["tasks"])
@@ -139,7 +146,8 @@ def _gateway_config(tmp: Path, up_port: int, router: Path | None) -> Path:
            "tasks": [{"name": t, "kind": "generic", "metric": "score", "tau": 0.5,
                       "sla_ms": 60000} for t in tasks],
            "store": {"url": f"sqlite:///{tmp / ('gw-router.db' if router else 'gw.db')}"},
-           "server": {"max_concurrency": 1024, "log_queue_size": 100000}}
+           "server": {"max_concurrency": 1024, "log_queue_size": 100000,
+                      "log_sqlite_synchronous": sync}}
     path = tmp / ("router.yaml" if router else "plain.yaml")
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -163,6 +171,8 @@ def bench_gateway(
     replicas: str = typer.Option("1,2", "--replicas", help="gateway replica counts with --ray"),
     store_url: Optional[str] = typer.Option(None, "--store-url",
                                             help="with --ray: also measure this store's write rate"),
+    sqlite_sync: str = typer.Option("NORMAL", "--sqlite-sync",
+                                    help="gateway store durability: FULL or NORMAL (WAL)"),
 ) -> None:
     """Gateway overhead over a fast local upstream: added p50/p99 and requests/s."""
     try:
@@ -170,6 +180,9 @@ def bench_gateway(
     except ValueError:
         raise ConfigError(f"--concurrency: expected integers like 1,8,64, got {concurrency!r}"
                           ) from None
+    sqlite_sync = sqlite_sync.upper()
+    if sqlite_sync not in ("FULL", "NORMAL"):
+        raise ConfigError(f"--sqlite-sync: expected FULL or NORMAL, got {sqlite_sync!r}")
     if 1 not in levels:
         levels = [1, *levels]
     if router is not None and not (router / "meta.json").exists():
@@ -178,7 +191,8 @@ def bench_gateway(
         raise ConfigError(f"--litellm {litellm}: no such executable")
     procs: list[subprocess.Popen[bytes]] = []
     tmp = Path(tempfile.mkdtemp(prefix="routenlp-bench-gw-"))
-    out: dict[str, Any] = {"peers": {}, "concurrency": levels, "requests": requests}
+    out: dict[str, Any] = {"peers": {}, "concurrency": levels, "requests": requests,
+                           "sqlite_synchronous": sqlite_sync}
     try:
         up = _free_port()
         procs.append(p := _spawn([sys.executable, "-m", "routenlp.server.upstream", "--port",
@@ -193,7 +207,7 @@ def bench_gateway(
             variants.append(("routenlp+router", router))
         for name, rdir in variants:
             port = _free_port()
-            cfg = _gateway_config(tmp, up, rdir)
+            cfg = _gateway_config(tmp, up, rdir, sqlite_sync)
             args = [sys.executable, "-m", "routenlp.cli", "serve", "--config", str(cfg),
                     "--port", str(port)] + (["--router", str(rdir)] if rdir else [])
             log = tmp / f"{name}.log"
@@ -210,7 +224,7 @@ def bench_gateway(
             from routenlp.scale.bench import measure_ray, measure_store_writes, parse_replicas
 
             out["peers"].update(measure_ray(
-                _gateway_config(tmp, up, None), parse_replicas(replicas),
+                _gateway_config(tmp, up, None, sqlite_sync), parse_replicas(replicas),
                 lambda port: _measure(port, "/v1/chat/completions", levels, requests, {}),
                 lambda via: _summary(direct, via)))
             if store_url:

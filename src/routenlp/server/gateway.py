@@ -39,7 +39,13 @@ from routenlp.errors import RouteNLPError, TierError
 from routenlp.server.logwriter import LogWriter, QueueFull
 from routenlp.server.metrics import Metrics
 from routenlp.server.openai_schema import ChatCompletionRequest
-from routenlp.server.runtime import CALL, CallContext, Runtime, ServingState
+from routenlp.server.runtime import (
+    CALL,
+    CallContext,
+    Runtime,
+    ServingState,
+    gateway_request_builder,
+)
 from routenlp.server.security import BodyLimit, KeyRing, RateLimiter, bearer, key_id
 from routenlp.tiers.base import Generation, unsupported_params
 
@@ -127,7 +133,8 @@ def create_app(config: EnsembleConfig, state: ServingState | Runtime, *,
 
         st = store if store is not None else runtime.store
         if st is None:
-            st = await run_in_threadpool(Store, config.store.url)
+            st = await run_in_threadpool(
+                lambda: Store(config.store.url, sqlite_synchronous=srv.log_sqlite_synchronous))
             holder["own_store"] = st
         runtime.store = st
         writer = LogWriter(st, max_pending=srv.log_queue_size, batch_size=srv.log_batch_size)
@@ -321,8 +328,6 @@ def create_app(config: EnsembleConfig, state: ServingState | Runtime, *,
                 raise ApiError(400, f"tier {name!r} ({config.tier(name).kind}) does not support "
                                f"{bad}; drop them, or pin a tier that does (model=<tier>)",
                                param=bad[0], code="unsupported_parameter")
-        if body.logprobs and model == ROUTED_MODEL:
-            pass  # served when the accepted tier returned log-probs
         writer: LogWriter = holder["writer"]
         try:
             writer.reserve()
@@ -350,12 +355,15 @@ def create_app(config: EnsembleConfig, state: ServingState | Runtime, *,
         try:
             await writer.submit(_store_record(record))
         except RouteNLPError as err:
+            if "already logged" in err.message:
+                raise ApiError(409, f"metadata.request_id {rid!r} was already used by another "
+                               "request", param="metadata.request_id") from None
             raise ApiError(503, f"could not log the request, so it is not acknowledged: "
                            f"{err.message}", "server_error", code="store_error") from None
         seconds = time.perf_counter() - t0
         metrics.observe_result(task, record, status, seconds)
         if status != "ok":
-            code = 504 if status == "timeout" else (499 if status == "cancelled" else 502)
+            code = {"timeout": 504, "cancelled": 499, "error": 500}.get(status, 502)
             if status == "failed" and all("circuit open" in (s.get("error") or "") or
                                           s.get("skipped_reason") for s in record["steps"]):
                 code = 503
@@ -371,7 +379,7 @@ def create_app(config: EnsembleConfig, state: ServingState | Runtime, *,
         def work() -> dict[str, Any]:
             CALL.set(ctx)
             if model == ROUTED_MODEL:
-                return st.cascade.run(task, query, id=rid).to_record() | {"_degraded": None}
+                return st.cascade.run(task, query, id=rid).to_record()
             return _pinned(st, task, query, rid, model)
 
         job = asyncio.ensure_future(run_in_threadpool(work))
@@ -392,11 +400,14 @@ def create_app(config: EnsembleConfig, state: ServingState | Runtime, *,
         except RouteNLPError as exc:
             record = _empty_record(st, task)
             status, err = "failed", f"task {task!r}: {exc.message}"
+        except Exception as exc:  # noqa: BLE001 - a bug, not a tier failure: log it, answer 500
+            log.exception("cascade error on request %s", rid)
+            record = _empty_record(st, task)
+            status, err = "error", f"internal routing error: {type(exc).__name__}: {exc}"
         finally:
             watcher.cancel()
         if status == "ok" and ctx.cancelled.is_set():
             status, err = "cancelled", "client disconnected"
-        record.pop("_degraded", None)
         return record, status, err
 
     return app
@@ -422,10 +433,19 @@ def _empty_record(st: ServingState, task: str) -> dict[str, Any]:
             "ladder": [t.name for t in st.config.tiers_for(task)], "output": None}
 
 
+_PIN: list[Any] = []
+
+
+def _pin_builder() -> Any:
+    if not _PIN:
+        _PIN.append(gateway_request_builder())
+    return _PIN[0]
+
+
 def _pinned(st: ServingState, task: str, query: str, rid: str, model: str) -> dict[str, Any]:
     """A pinned tier: one call, no routing decision and no escalation."""
     tier = st.tiers[model]
-    req = st.cascade._request(st.config.task(task), query, rid)  # same prompt as routed
+    req = _pin_builder()(st.config.task(task), query, rid)  # the same prompt as routed
     t0 = time.perf_counter()
     gen: Generation = tier.generate(req)
     ms = gen.latency_s * 1000 if gen.latency_s else (time.perf_counter() - t0) * 1000
@@ -448,7 +468,8 @@ def _store_record(record: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in record.items() if not k.startswith("_")}
     out["response"] = out.pop("output", None)
     out["accepted"] = record.get("status") == "ok"
-    for k in ("tiers_tried", "usage", "quality", "pinned", "meta"):
+    degraded = bool((out.get("meta") or {}).get("degraded") or out.get("degraded"))
+    for k in ("tiers_tried", "usage", "quality", "pinned", "meta", "degraded"):
         out.pop(k, None)
     out["router"] = {"start_tier": out.pop("start_tier", None),
                      "router_tier": out.pop("router_tier", None),
@@ -458,6 +479,7 @@ def _store_record(record: dict[str, Any]) -> dict[str, Any]:
         if k in out:
             meta[k] = out.pop(k)
     meta["ladder"] = out.pop("ladder", meta.get("ladder"))
+    meta["degraded"] = degraded
     return out
 
 

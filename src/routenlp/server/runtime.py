@@ -181,6 +181,8 @@ class ServingState:
 
             try:
                 router_obj = Router.load(router_path, config)
+                if router_obj.tasks:  # load the encoder now, once, not in racing request threads
+                    router_obj.decide(router_obj.tasks[0], "warm-up")
             except RouteNLPError:
                 raise
             except Exception as err:  # noqa: BLE001 - a corrupt artifact must not crash

@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     app = make_app(a.name, logprob=a.logprob, delay_ms=a.delay_ms, fail=a.fail)
     uvicorn.run(app, host=a.host, port=a.port, log_level="warning", loop="uvloop",
-                http="httptools", backlog=2048, access_log=False)
+                http="httptools", backlog=2048, access_log=False, timeout_graceful_shutdown=1)
 
 
 if __name__ == "__main__":

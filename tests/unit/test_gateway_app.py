@@ -270,3 +270,16 @@ def test_breaker_half_open_probe() -> None:
     assert b.allow()
     b.success()
     assert b.state == "closed" and b.allow() and b.allow()
+
+
+def test_duplicate_request_id_is_409_and_pinned_uses_task_prompt(env: tuple[Env, TestClient]
+                                                                  ) -> None:
+    e, c = env
+    body = {"model": "T1", "messages": MSGS, "metadata": {"request_id": "fixed-1"}}
+    r = c.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200 and r.headers["X-RouteNLP-Request-Id"] == "fixed-1"
+    assert e.t1.seen[-1].query == MSGS[0]["content"] and e.t1.seen[-1].id == "fixed-1"
+    r = c.post("/v1/chat/completions", json=body)
+    assert r.status_code == 409 and r.json()["error"]["param"] == "metadata.request_id"
+    rec = e.store.get_request("fixed-1")
+    assert rec is not None and rec.metadata["degraded"] is False and rec.final_tier == "T1"
