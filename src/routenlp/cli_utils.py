@@ -16,6 +16,7 @@ import typer
 import yaml
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -187,9 +188,10 @@ def report_error(err: BaseException) -> int | None:
     if found is None:
         return None
     message, hint = found
-    err_console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    # escape: messages quote user text and extras like routenlp[ray] verbatim
+    err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
     if hint:
-        err_console.print(f"[yellow]hint:[/] {hint}", highlight=False)
+        err_console.print(f"[yellow]hint:[/] {escape(hint)}", highlight=False)
     return EXIT_USER_ERROR
 
 

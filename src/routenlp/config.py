@@ -249,6 +249,51 @@ class ServerConfig(_Strict):
     breaker_reset_s: float = Field(10.0, gt=0, description="open time before a half-open probe")
 
 
+class AutoscalingScale(_Strict):
+    """Ray Serve autoscaling of one deployment (replaces a fixed replica count)."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(4, ge=1)
+    target_ongoing_requests: float = Field(
+        16.0, gt=0, description="in-flight requests per replica the autoscaler aims for"
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AutoscalingScale:
+        if self.max_replicas < max(self.min_replicas, 1):
+            raise ValueError("autoscaling: max_replicas must be >= min_replicas and >= 1")
+        return self
+
+
+class DeploymentScale(_Strict):
+    """Replicas and per-replica resources of one Ray Serve deployment."""
+
+    replicas: int = Field(1, ge=1, description="fixed replica count (ignored with autoscaling)")
+    autoscaling: AutoscalingScale | None = None
+    num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per replica")
+    max_ongoing_requests: int = Field(64, ge=1, description="in-flight requests per replica")
+
+
+class ScaleConfig(_Strict):
+    """`routenlp serve --ray`: the gateway and the local tiers as Ray Serve deployments.
+
+    Tiers of kind `local` and `classifier` run as their own deployments (a model is loaded
+    once per tier replica, not once per gateway replica); `tiers` sets their replicas and
+    may name other tiers to deploy the same way. Remote tiers (`openai_compat`) are called
+    from the gateway replicas directly."""
+
+    gateway: DeploymentScale = Field(default_factory=DeploymentScale)
+    tiers: dict[str, DeploymentScale] = Field(default_factory=dict)
+    host: str = Field("127.0.0.1", description="Ray Serve HTTP proxy host")
+    port: int = Field(8000, ge=1, le=65535, description="Ray Serve HTTP proxy port")
+    store_pool_size: int = Field(5, ge=1, description="PostgreSQL connections per replica")
+    store_max_overflow: int = Field(5, ge=0)
+    store_retries: int = Field(3, ge=0, description="retries of a transient store error")
+    health_check_period_s: float = Field(10.0, gt=0)
+    health_check_timeout_s: float = Field(30.0, gt=0)
+    graceful_shutdown_timeout_s: float = Field(20.0, gt=0)
+
+
 class EnsembleConfig(_Strict):
     """The whole ensemble. Tiers must be listed cheapest first."""
 
@@ -262,6 +307,14 @@ class EnsembleConfig(_Strict):
     cascade: CascadeConfig = Field(default_factory=CascadeConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
+    scale: ScaleConfig = Field(default_factory=ScaleConfig)
+
+    @model_validator(mode="after")
+    def _scale_tiers_known(self) -> EnsembleConfig:
+        unknown = sorted(set(self.scale.tiers) - {t.name for t in self.tiers})
+        if unknown:
+            raise ValueError(f"scale.tiers: unknown tier(s) {unknown}")
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> EnsembleConfig:

@@ -79,6 +79,101 @@ def _safe_batch(tier: Tier, requests: Sequence[Request]) -> list[Generation]:
         return [Generation(text="", error=f"{tier.name}: {err}", latency_s=elapsed) for _ in requests]
 
 
+@dataclass
+class LabelPlan:
+    """What is left to label: validated rows grouped by task (in first-seen order), the
+    tiers to run, and per task the serving tiers and the single-machine batch size."""
+
+    todo: dict[str, list[dict[str, Any]]]
+    tier_names: list[str]
+    serving: dict[str, list[str]]
+    batch_size: dict[str, int]
+    skipped: int
+
+    @property
+    def n_todo(self) -> int:
+        return sum(len(v) for v in self.todo.values())
+
+
+def plan_labelling(
+    config: EnsembleConfig,
+    rows: Sequence[dict[str, Any]],
+    out_path: str | Path,
+    *,
+    tier_names: Iterable[str] | None = None,
+    batch_size: int | None = None,
+) -> LabelPlan:
+    """Validate rows and tiers, repair a torn output tail and drop rows already labelled.
+
+    Shared by the single-machine loop and the Ray Data pipeline (routenlp.scale.label), so
+    both skip, group and order rows the same way."""
+    rows = [{**r, "id": str(r["id"])} for r in rows]
+    for r in rows:
+        if r["task"] not in config.task_names:
+            raise UnknownTaskError(
+                f"data row {r['id']!r} has task {r['task']!r}, which the config does not "
+                f"define; known tasks: {config.task_names}"
+            )
+    wanted = list(tier_names) if tier_names else config.tier_names
+    for name in wanted:
+        config.tier(name)  # unknown tier -> clear ConfigError
+    repair_tail(out_path)
+    done = done_ids(out_path)
+    todo = [r for r in rows if r["id"] not in done]
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for r in todo:
+        by_task.setdefault(r["task"], []).append(r)
+    serving = {t: [n for n in wanted if config.tier(n).serves(t)] for t in by_task}
+    # only the tiers some remaining row needs: a finished or resumed run does not pay for
+    # loading models it will not call
+    wanted = [n for n in wanted if any(n in names for names in serving.values())]
+    sizes = {
+        t: batch_size or max([config.tier(n).batch_size for n in names] or [8])
+        for t, names in serving.items()
+    }
+    return LabelPlan(by_task, wanted, serving, sizes, skipped=len(rows) - len(todo))
+
+
+def tier_outcomes(tier: Tier, spec: Any, chunk: Sequence[dict[str, Any]]) -> list[Outcome]:
+    """One tier on one batch of one task's rows: generate, parse, score (never raises)."""
+    requests = [spec.build_request(r["input"], id=r["id"]) for r in chunk]
+    for req, r in zip(requests, chunk):
+        req.reference = r.get("reference")  # read by the simulated-frontier tier only
+    out: list[Outcome] = []
+    for r, gen in zip(chunk, _safe_batch(tier, requests)):
+        quality = None
+        if gen.ok:
+            try:
+                quality = float(spec.score(spec.parse(gen.text), r.get("reference")))
+            except Exception as err:  # noqa: BLE001 - a scorer bug must not lose rows
+                gen.error = f"scoring failed: {err}"
+        out.append(_outcome(gen, quality))
+    return out
+
+
+def matrix_rows(
+    task: str, chunk: Sequence[dict[str, Any]], outcomes: Sequence[dict[str, Outcome]]
+) -> list[MatrixRow]:
+    """The quality-matrix rows of one labelled batch."""
+    return [
+        MatrixRow(
+            id=r["id"], task=task, prompt=r["input"], reference=r.get("reference"),
+            outcomes=dict(outcomes[i]),
+        )
+        for i, r in enumerate(chunk)
+    ]
+
+
+def attach_fallbacks(config: EnsembleConfig, built: dict[str, Tier]) -> None:
+    """The simulated frontier serves its fallback tier's answer on its simulated errors:
+    hand it the already loaded tier instead of letting it load a second copy."""
+    for name, tier in built.items():
+        cfg_t = config.tier(name)
+        fb = cfg_t.reference_options.fallback_tier if cfg_t.kind == "reference" else None
+        if fb in built and hasattr(tier, "attach_fallback"):
+            tier.attach_fallback(built[fb])  # type: ignore[attr-defined]
+
+
 def label_rows(
     config: EnsembleConfig,
     rows: Sequence[dict[str, Any]],
@@ -92,74 +187,27 @@ def label_rows(
     """Label `rows` with every serving tier and append them to `out_path` (resumable)."""
     from routenlp.tasks import get_task_spec
 
-    rows = [{**r, "id": str(r["id"])} for r in rows]
-    for r in rows:
-        if r["task"] not in config.task_names:
-            raise UnknownTaskError(
-                f"data row {r['id']!r} has task {r['task']!r}, which the config does not "
-                f"define; known tasks: {config.task_names}"
-            )
-    wanted = list(tier_names) if tier_names else config.tier_names
-    for name in wanted:
-        config.tier(name)  # unknown tier -> clear ConfigError
-
-    repair_tail(out_path)
-    done = done_ids(out_path)
-    todo = [r for r in rows if r["id"] not in done]
-    stats = LabelStats(skipped=len(rows) - len(todo))
-    specs = {t: get_task_spec(config.task(t)) for t in {r["task"] for r in todo}}
-    # Build (load) only the tiers some remaining row needs: a finished or resumed run
-    # does not pay for loading models it will not call.
-    needed = [n for n in wanted if any(config.tier(n).serves(t) for t in specs)]
+    plan = plan_labelling(config, rows, out_path, tier_names=tier_names, batch_size=batch_size)
     built: dict[str, Tier] = dict(tiers or {})
-    for name in needed:
+    for name in plan.tier_names:
         if name not in built:
             built[name] = build_tier(config.tier(name), config)
-    for name, tier in built.items():  # the simulated frontier reuses its loaded fallback
-        cfg_t = config.tier(name)
-        fb = cfg_t.reference_options.fallback_tier if cfg_t.kind == "reference" else None
-        if fb in built and hasattr(tier, "attach_fallback"):
-            tier.attach_fallback(built[fb])  # type: ignore[attr-defined]
-
-    by_task: dict[str, list[dict[str, Any]]] = {}
-    for r in todo:
-        by_task.setdefault(r["task"], []).append(r)
-    for task, task_rows in by_task.items():
-        spec = specs[task]
-        serving = [n for n in wanted if config.tier(n).serves(task)]
-        size = batch_size or max([config.tier(n).batch_size for n in serving] or [8])
+    attach_fallbacks(config, built)
+    stats = LabelStats(skipped=plan.skipped)
+    for task, task_rows in plan.todo.items():
+        spec = get_task_spec(config.task(task))
+        size = plan.batch_size[task]
         for start in range(0, len(task_rows), size):
             chunk = task_rows[start : start + size]
-            requests = [spec.build_request(r["input"], id=r["id"]) for r in chunk]
-            for req, r in zip(requests, chunk):
-                req.reference = r.get("reference")  # read by the simulated-frontier tier only
             outcomes: list[dict[str, Outcome]] = [{} for _ in chunk]
-            for name in serving:
-                gens = _safe_batch(built[name], requests)
-                for i, (r, gen) in enumerate(zip(chunk, gens)):
-                    quality = None
-                    if gen.ok:
-                        try:
-                            quality = float(spec.score(spec.parse(gen.text), r.get("reference")))
-                        except Exception as err:  # noqa: BLE001 - a scorer bug must not lose rows
-                            gen.error = f"scoring failed: {err}"
-                    if gen.error:
-                        stats.errors += 1
-                    outcomes[i][name] = _outcome(gen, quality)
-            out_rows = [
-                MatrixRow(
-                    id=r["id"],
-                    task=task,
-                    prompt=r["input"],
-                    reference=r.get("reference"),
-                    outcomes=outcomes[i],
-                )
-                for i, r in enumerate(chunk)
-            ]
-            append_rows(out_path, out_rows)
-            stats.written += len(out_rows)
+            for name in plan.serving[task]:
+                for i, o in enumerate(tier_outcomes(built[name], spec, chunk)):
+                    stats.errors += o.error is not None
+                    outcomes[i][name] = o
+            append_rows(out_path, matrix_rows(task, chunk, outcomes))
+            stats.written += len(chunk)
             if on_progress:
-                on_progress(len(out_rows))
+                on_progress(len(chunk))
     return stats
 
 
@@ -238,25 +286,24 @@ def register(app: typer.Typer) -> None:
         data: Path = typer.Option(..., "--data", "-d", help="task dataset JSONL"),
         out: Path = typer.Option(..., "--out", "-o", help="quality matrix JSONL (appended)"),
         tiers: str | None = typer.Option(None, help="comma-separated tiers (default: all)"),
-        limit: int | None = typer.Option(
-            None, "--limit", min=1, help="label only the first N rows per task"
+        limit: int | None = typer.Option(None, help="label only the first N rows per task"),
+        batch_size: int | None = typer.Option(None, help="override the tiers' batch sizes"),
+        ray: bool = typer.Option(
+            False, "--ray", help="label on a Ray cluster with Ray Data (extra: routenlp[ray])"
         ),
-        batch_size: int | None = typer.Option(
-            None, "--batch-size", min=1, help="override the tiers' batch sizes"
-        ),
-        as_json: bool = typer.Option(
-            False, "--json", help="print a JSON summary object on stdout instead of the table"
+        address: str | None = typer.Option(
+            None, "--address", help="Ray cluster address with --ray (default: RAY_ADDRESS or local)"
         ),
     ) -> None:
         """Run every serving tier on every query, score it, write the quality matrix.
 
         Re-running skips rows already in --out; a failing tier is recorded as an error
-        outcome and labelling goes on."""
-        from routenlp.cli_utils import console, print_json
-        from routenlp.errors import DataError
+        outcome and labelling goes on. With --ray each tier is a Ray Data stage with its
+        own batch size; the output file is the same."""
+        if address and not ray:
+            from routenlp.errors import RouteNLPError
 
-        if out.exists() and out.is_dir():
-            raise DataError(f"--out {out} is a directory; give the matrix JSONL file to write")
+            raise RouteNLPError("--address is only used with --ray", hint="add --ray")
         cfg = load_config(config)
         rows = load_task_rows(data)
         if not rows:  # before any tier is loaded: the input is what is wrong
@@ -278,33 +325,30 @@ def register(app: typer.Typer) -> None:
             task_id = bar.add_task("labelling", total=len(rows))
             already = len(done_ids(out) & {str(r["id"]) for r in rows})
             bar.advance(task_id, already)
-            stats = label_rows(
-                cfg,
-                rows,
-                out,
-                tier_names=names,
-                batch_size=batch_size,
-                on_progress=lambda n: bar.advance(task_id, n),
-            )
-        summary = summarise(read_matrix(out), cfg.tier_names)
-        labels = {t.name: t.display_name for t in cfg.tiers}
-        if as_json:
-            print_json(
-                {
-                    "config": str(config),
-                    "data": str(data),
-                    "out": str(out),
-                    "rows": len(rows),
-                    "written": stats.written,
-                    "skipped": stats.skipped,
-                    "errors": stats.errors,
-                    "seconds": round(time.perf_counter() - t0, 3),
-                    "tiers": labels,
-                    "summary": summary,
-                }
-            )
-            return
-        print_summary(summary, title=f"Quality matrix {out}", labels=labels)
+            if ray:
+                from routenlp.scale.label import label_rows_ray
+
+                stats = label_rows_ray(
+                    cfg,
+                    rows,
+                    out,
+                    tier_names=names,
+                    batch_size=batch_size,
+                    address=address,
+                    on_progress=lambda n: bar.advance(task_id, n),
+                )
+            else:
+                stats = label_rows(
+                    cfg,
+                    rows,
+                    out,
+                    tier_names=names,
+                    batch_size=batch_size,
+                    on_progress=lambda n: bar.advance(task_id, n),
+                )
+        print_summary(summarise(read_matrix(out), cfg.tier_names), title=f"Quality matrix {out}")
+        from routenlp.cli_utils import console
+
         console.print(
             f"labelled {stats.written} rows, skipped {stats.skipped} already done, "
             f"{stats.errors} tier errors recorded -> {out}"

@@ -167,6 +167,10 @@ def bench_gateway(
     router: Optional[Path] = typer.Option(None, "--router", help="also measure with this router"),
     litellm: Optional[Path] = typer.Option(None, "--litellm",
                                            help="litellm executable (its own venv) to compare"),
+    ray: bool = typer.Option(False, "--ray", help="also measure on Ray Serve (routenlp[ray])"),
+    replicas: str = typer.Option("1,2", "--replicas", help="gateway replica counts with --ray"),
+    store_url: Optional[str] = typer.Option(None, "--store-url",
+                                            help="with --ray: also measure this store's write rate"),
     sqlite_sync: str = typer.Option("NORMAL", "--sqlite-sync",
                                     help="gateway store durability: FULL or NORMAL (WAL)"),
 ) -> None:
@@ -216,6 +220,15 @@ def bench_gateway(
             else:
                 out["peers"][name] = _summary(direct, via)
             _stop(gw)
+        if ray:  # hook: the same gateway on Ray Serve (routenlp.scale.bench)
+            from routenlp.scale.bench import measure_ray, measure_store_writes, parse_replicas
+
+            out["peers"].update(measure_ray(
+                _gateway_config(tmp, up, None, sqlite_sync), parse_replicas(replicas),
+                lambda port: _measure(port, "/v1/chat/completions", levels, requests, {}),
+                lambda via: _summary(direct, via)))
+            if store_url:
+                out["store_write"] = measure_store_writes(store_url)
         if litellm is not None:
             port = _free_port()
             lcfg = tmp / "litellm.yaml"

@@ -35,8 +35,17 @@ def serve(
     workers: Optional[int] = typer.Option(None, "--workers", min=1, max=64,
                                           help="uvicorn worker processes (default: server.workers)"),
     log_level: str = typer.Option("warning", "--log-level"),
+    ray: bool = typer.Option(False, "--ray", help="deploy on Ray Serve (extra: routenlp[ray])"),
+    address: Optional[str] = typer.Option(None, "--address",
+                                          help="Ray cluster address with --ray"),
 ) -> None:
     """Serve the routed, OpenAI-compatible gateway (model=routenlp routes; a tier name pins)."""
+    if ray or address:  # hook: Ray Serve deployment (routenlp.scale.serve)
+        from routenlp.scale.serve import serve_cli
+
+        serve_cli(config, router=router, thresholds=thresholds, host=host, port=port,
+                  address=address, ray=ray, workers=workers)
+        return
     import uvicorn
 
     from routenlp.server import gateway

@@ -22,8 +22,11 @@ import hashlib
 import importlib.resources
 import logging
 import math
+import random
 import re
+import time
 import uuid
+from dataclasses import dataclass
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -302,7 +305,53 @@ def _sqlite_is_memory(url: URL) -> bool:
     return not db or db == ":memory:" or url.query.get("mode") == "memory"
 
 
-def make_engine(url: str | URL, *, sqlite_synchronous: str = "FULL") -> Engine:
+@dataclass(frozen=True)
+class PoolSettings:
+    """PostgreSQL connection pool and transient-error retry settings of one Store.
+
+    Why: each gateway replica holds `pool_size + max_overflow` connections at most, so
+    replicas x that must stay under the server's max_connections; `pool_recycle_s` drops
+    connections a proxy or failover may have cut; writes that hit a transient error
+    (connection lost, failover, serialization failure, deadlock) are retried
+    `retries` times with jittered exponential backoff capped at `backoff_max_s`."""
+
+    pool_size: int = 5
+    max_overflow: int = 10
+    pool_timeout_s: float = 30.0
+    pool_recycle_s: float = 1800.0
+    retries: int = 3
+    backoff_s: float = 0.05
+    backoff_max_s: float = 2.0
+
+
+# SQLSTATE classes/codes worth retrying: connection exceptions, serialization failure,
+# deadlock, admin shutdown / crash shutdown / cannot connect now (failover, restart).
+_TRANSIENT_SQLSTATES = ("08", "40001", "40P01", "57P01", "57P02", "57P03")
+
+
+def is_transient(err: BaseException) -> bool:
+    """True for a database error that a retry of the whole transaction can fix."""
+    if isinstance(err, sa.exc.DBAPIError) and err.connection_invalidated:
+        return True
+    orig = getattr(err, "orig", None)
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if code:
+        return any(str(code).startswith(c) for c in _TRANSIENT_SQLSTATES)
+    # No SQLSTATE: the driver lost the connection (psycopg OperationalError) or SQLite
+    # reported the database as locked past its busy timeout.
+    return isinstance(err, sa.exc.OperationalError)
+
+
+def backoff_delays(settings: PoolSettings) -> Iterator[float]:
+    """Jittered exponential delays, one per retry, each capped at backoff_max_s."""
+    for attempt in range(settings.retries):
+        cap = min(settings.backoff_max_s, settings.backoff_s * (2**attempt))
+        yield cap * (0.5 + random.random() / 2)
+
+
+def make_engine(
+    url: str | URL, *, sqlite_synchronous: str = "FULL", pool: PoolSettings | None = None
+) -> Engine:
     """An engine with RouteNLP's connection settings (no schema upgrade)."""
     parsed = _parse_url(url)
     sync = str(sqlite_synchronous).upper()
@@ -317,7 +366,16 @@ def make_engine(url: str | URL, *, sqlite_synchronous: str = "FULL") -> Engine:
         connect_args: dict[str, Any] = {}
         if "connect_timeout" not in parsed.query:
             connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT_S
-        return sa.create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
+        pool = pool or PoolSettings()
+        return sa.create_engine(
+            parsed,
+            pool_pre_ping=True,
+            pool_size=pool.pool_size,
+            max_overflow=pool.max_overflow,
+            pool_timeout=pool.pool_timeout_s,
+            pool_recycle=pool.pool_recycle_s,
+            connect_args=connect_args,
+        )
     except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as err:
         raise StoreError(
             f"cannot use store URL {redact_url(parsed)!r}: {err}", hint=_URL_HINT
@@ -381,17 +439,34 @@ class Store:
     then ready; use one instance per process and call `close()` (or use `with`).
     """
 
-    def __init__(self, url: str = DEFAULT_URL, *, sqlite_synchronous: str = "FULL") -> None:
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        sqlite_synchronous: str = "FULL",
+        pool: PoolSettings | None = None,
+        duplicate_requests: str = "error",
+    ) -> None:
         """Open (and upgrade) the store at `url`.
 
         `sqlite_synchronous="NORMAL"` trades durability on power loss or OS crash for
         faster commits (a process crash still loses nothing in WAL mode); the default
-        FULL syncs the WAL on every commit.
+        FULL syncs the WAL on every commit. `pool`: PostgreSQL pool and retry settings.
+        `duplicate_requests="skip"` makes request logging idempotent: re-logging an id that
+        is already stored with the same task and query (a client retrying a request whose
+        replica died after the commit) returns its id without a second row; "error"
+        (default) refuses any re-logged id.
         """
+        if duplicate_requests not in ("error", "skip"):
+            raise StoreError(
+                f"duplicate_requests must be 'error' or 'skip', got {duplicate_requests!r}"
+            )
+        self.pool = pool or PoolSettings()
+        self.duplicate_requests = duplicate_requests
         parsed = _parse_url(url)
         self.url = redact_url(parsed)
         self.backend: str = parsed.get_backend_name()
-        self._engine = make_engine(parsed, sqlite_synchronous=sqlite_synchronous)
+        self._engine = make_engine(parsed, sqlite_synchronous=sqlite_synchronous, pool=self.pool)
         # Write transactions take the SQLite write lock up front (see module docstring).
         self._write_engine: Engine = (
             self._engine.execution_options(routenlp_begin="IMMEDIATE")
@@ -467,14 +542,7 @@ class Store:
     def log_request(self, record: Mapping[str, Any] | BaseModel) -> str:
         """Persist one request record (committed before returning) and return its id."""
         rec = _coerce_request(record)
-        row, steps = _request_rows(rec)
-        try:
-            with self._session(write=True) as session:
-                session.add(row)
-                session.flush()  # parent first: request_steps has a foreign key to it
-                session.add_all(steps)
-        except sa.exc.IntegrityError:
-            raise StoreError(f"request id {rec.id!r} is already logged") from None
+        self._insert_requests([rec])
         return rec.id
 
     def log_requests(self, records: Sequence[Mapping[str, Any] | BaseModel]) -> list[str]:
@@ -483,18 +551,78 @@ class Store:
         recs = [_coerce_request(r) for r in records]
         if not recs:
             return []
-        pairs = [_request_rows(rec) for rec in recs]
-        try:
-            with self._session(write=True) as session:
-                session.add_all([row for row, _ in pairs])
-                session.flush()
-                session.add_all([step for _, steps in pairs for step in steps])
-        except sa.exc.IntegrityError as err:
-            raise StoreError(
-                f"a request id in this batch of {len(recs)} is already logged: "
-                f"{str(getattr(err, 'orig', err)).splitlines()[0]}"
-            ) from None
+        self._insert_requests(recs)
         return [rec.id for rec in recs]
+
+    def _insert_requests(self, recs: Sequence[RequestRecord]) -> None:
+        """Insert request records in one transaction, retried on transient errors.
+
+        A retry after a lost commit acknowledgement may find its own rows already there:
+        those (same id, task and query) count as written, never as a second row. The same
+        rule applies to every write when `duplicate_requests="skip"`; otherwise a re-logged
+        id is refused ("already logged") and nothing of the batch is committed."""
+        delays = backoff_delays(self.pool)
+        attempt = 0
+        while True:
+            skip = self.duplicate_requests == "skip" or attempt > 0
+            try:
+                with Session(self._write_engine, expire_on_commit=False) as session:
+                    with session.begin():
+                        todo = list(recs)
+                        if skip:
+                            todo = self._drop_already_logged(session, todo)
+                        pairs = [_request_rows(rec) for rec in todo]
+                        session.add_all([row for row, _ in pairs])
+                        session.flush()  # parents first: request_steps has a foreign key
+                        session.add_all([step for _, steps in pairs for step in steps])
+                return
+            except sa.exc.IntegrityError as err:
+                if skip:  # a concurrent writer inserted the same id: check it next round
+                    err_delay = next(delays, None)
+                    if err_delay is not None:
+                        attempt += 1
+                        time.sleep(err_delay)
+                        continue
+                what = (
+                    f"request id {recs[0].id!r} is already logged"
+                    if len(recs) == 1
+                    else f"a request id in this batch of {len(recs)} is already logged: "
+                    f"{str(getattr(err, 'orig', err)).splitlines()[0]}"
+                )
+                raise StoreError(what) from None
+            except sa.exc.DBAPIError as err:
+                delay = next(delays, None) if is_transient(err) else None
+                if delay is None:
+                    raise _db_error("store operation failed", self.url, err) from None
+                log.warning("transient store error (retry %d in %.2fs): %s", attempt + 1,
+                            delay, str(getattr(err, "orig", err)).strip().splitlines()[0])
+                attempt += 1
+                time.sleep(delay)
+
+    @staticmethod
+    def _drop_already_logged(
+        session: Session, recs: Sequence[RequestRecord]
+    ) -> list[RequestRecord]:
+        """`recs` minus those already stored as the same request (id, task, query); a
+        stored id with a different task or query is a real collision and is refused."""
+        ids = [r.id for r in recs]
+        found = {
+            rid: (task, query)
+            for rid, task, query in session.execute(
+                sa.select(RequestRow.id, RequestRow.task, RequestRow.query).where(
+                    RequestRow.id.in_(ids)
+                )
+            )
+        }
+        keep = []
+        for rec in recs:
+            if rec.id not in found:
+                keep.append(rec)
+            elif found[rec.id] != (rec.task, rec.query):
+                raise StoreError(
+                    f"request id {rec.id!r} is already logged for a different request"
+                )
+        return keep
 
     def get_request(self, request_id: str) -> RequestRecord | None:
         """The logged record, or None for an unknown id."""
