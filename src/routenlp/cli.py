@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "routenlp.router.commands",
     "routenlp.conformal.commands",
     "routenlp.bench.commands",
+    "routenlp.loop.commands",
     "routenlp.demo",
 )
 
