@@ -90,8 +90,6 @@ def mine_matrix(config: EnsembleConfig, rows: Sequence[MatrixRow], *, tiers: Seq
         gap = 0.0
         quals: dict[str, float | None] = {}
         for name in ladder[:-1]:
-            if tiers is not None and name not in tiers:
-                continue
             o = row.outcomes[name]
             if no_ref:
                 q = _pseudo_quality(config, row.task, o.response, top_o.response) if o.ok else 0.0
@@ -101,7 +99,7 @@ def mine_matrix(config: EnsembleConfig, rows: Sequence[MatrixRow], *, tiers: Seq
             quals[name] = q
             if q >= tau:
                 break  # served here: the tiers above never see this query
-            if q < tau:
+            if tiers is None or name in tiers:
                 failing.append(name)
                 gap = max(gap, max(0.0, float(q_top or 0.0) - q))
         if not failing:
@@ -145,7 +143,8 @@ def mine_store(config: EnsembleConfig, store: Any, *, task: str | None = None,
         if rec is not None:
             candidates.append(rec)
     for rec in candidates:
-        if rec.id in seen or rec.task not in known or rec.status != "ok" and not rec.response:
+        response = rec.response or (rec.metadata or {}).get("output")
+        if rec.id in seen or rec.task not in known or not response:
             continue
         seen.add(rec.id)
         ladder = [t.name for t in config.tiers_for(rec.task)]
@@ -162,8 +161,8 @@ def mine_store(config: EnsembleConfig, store: Any, *, task: str | None = None,
             if step.accepted and step.error is None:
                 continue
             text = _step_text(step)
-            if text is not None and rec.response is not None:
-                q = _pseudo_quality(config, rec.task, text, rec.response) or 0.0
+            if text is not None:
+                q = _pseudo_quality(config, rec.task, text, response) or 0.0
             else:
                 q = 0.0
             quals[step.tier] = q
@@ -175,11 +174,11 @@ def mine_store(config: EnsembleConfig, store: Any, *, task: str | None = None,
             gap = max(gap, 1.0 - q_served)
         if not failing:
             continue
-        accepted = rec.response if q_served is not None and q_served >= tau else None
+        accepted = response if q_served is not None and q_served >= tau else None
         out.append(Failure(
             id=rec.id, task=rec.task, query=rec.query, gap=gap,
             tiers=sorted(set(failing), key=ladder.index), top_tier=ladder[-1],
-            top_output=rec.response if rec.final_tier == ladder[-1] else None,
+            top_output=response if rec.final_tier == ladder[-1] else None,
             accepted_output=accepted, reference=ref, source="store", qualities=quals,
         ))
     return out
