@@ -21,12 +21,13 @@ def _fmt(x: Any, spec: str = ".4f") -> str:
 
 def round_table(rows: list[dict[str, Any]]) -> Table:
     """The paper-style per-round table (test split; stage times in seconds)."""
-    t = Table(title="Closed-loop rounds (test split)")
-    for col in ("round", "strategy", "status", "quality_ratio", "cost_ratio", "cheap_share", "top_share"):
+    t = Table(title="Closed-loop rounds (test split; quality ratio, cost ratio, shares; seconds per stage)")
+    for col in ("round", "strategy", "status", "quality", "cost", "cheap", "top"):
         t.add_column(col, justify="right" if col not in ("strategy", "status") else "left")
     stages = ("mine", "cluster", "sets", "distill", "relabel", "router", "calibrate", "evaluate", "total")
-    for s in stages:
-        t.add_column(f"{s} s", justify="right")
+    short = ("mine", "clus", "sets", "distil", "relab", "router", "calib", "eval", "total")
+    for s in short:
+        t.add_column(s, justify="right")
     for r in rows:
         sec = r.get("seconds") or {}
         t.add_row(str(r["round"]), r["strategy"], r.get("status", ""), _fmt(r.get("quality_ratio")),
