@@ -101,7 +101,7 @@ def register(app: typer.Typer) -> None:
             rounds=rounds, strategies=("targeted", "random") if strategy == "both" else (strategy,),
             teacher=teacher, epsilon=epsilon, top_clusters=top_clusters, min_cluster=min_cluster,
             k_range=_parse_k(k), max_per_tier=max_per_tier, tiers=tier_list, target_quality=target_quality,
-            seed=seed, store=store,
+            seed=seed, store=store, from_store=from_store,
             lora=LoraSettings(r=lora_r, alpha=2 * lora_r, lr=lr, epochs=epochs, max_length=max_length,
                               seed=seed, threads=threads),
         )

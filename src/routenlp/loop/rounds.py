@@ -57,7 +57,8 @@ class LoopOptions:
     quality_tolerance: float = 0.01
     seed: int = 13
     lora: LoraSettings = field(default_factory=LoraSettings)
-    store: Any = None  # a Store for --from-store mining and artifact registration
+    store: Any = None  # a Store: artifacts are registered in it
+    from_store: bool = False  # also mine the store's request log + feedback
 
 
 @dataclass
@@ -247,7 +248,7 @@ def run_round(
 
     def mine() -> list[Failure]:
         fs = mine_matrix(state.config, state.train, tiers=tiers)
-        if opts.store is not None:
+        if opts.from_store and opts.store is not None:
             fs += [f for f in mine_store(state.config, opts.store) if (f.id, f.query) not in held_out]
         return fs
 
@@ -383,6 +384,7 @@ def optimize(
             raise DataError(f"--strategy must be targeted, random or both, got {s!r}")
     if opts.rounds < 1:
         raise DataError(f"--rounds must be >= 1, got {opts.rounds}")
+    distillable_tiers(config, opts.tiers)  # unknown tier names fail before any work
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     embed = embed or adapters.router_embedder(config)
