@@ -129,3 +129,22 @@ def test_from_store_mines_the_gateways_request_log(data, tmp_path: Path) -> None
     if accepted_low is not None:
         (fb,) = [f for f in fs if f.id == accepted_low.id]
         assert fb.reference == "the corrected answer" and fb.tiers == ["T2"]
+
+
+def test_classifier_tier_distils_by_refitting_the_head_with_added_labels(data, tmp_path: Path) -> None:  # noqa: ANN001
+    from routenlp.loop.distill import distill_tier, with_artifact
+    from routenlp.loop.sets import Example
+    from routenlp.tiers.classifier import ClassifierHead
+
+    cfg, train, _, _ = data
+    cfg = cfg.model_copy(update={"tiers": [t.model_copy(update={"head": str(tmp_path / "none")})
+                                           if t.name == "T1" else t for t in cfg.tiers]})
+    rows = [r for r in train if r.task == "cs_intent"]
+    added = [Example(f"new{i}", "cs_intent", "T1", f"please cancel my card order number {i} now", "cancel_order", "cluster:x")
+             for i in range(6)]
+    res = distill_tier(cfg, "T1", added, tmp_path / "round", base_rows=rows)
+    assert res.status == "trained" and res.kind == "classifier"
+    head = ClassifierHead.load(Path(res.artifact) / "cs_intent")
+    assert "cancel_order" in head.labels and set(head.labels) >= {str(r.reference) for r in rows}
+    assert head.meta["n"] == len(rows) + len(added)
+    assert with_artifact(cfg, "T1", res).tier("T1").head == res.artifact

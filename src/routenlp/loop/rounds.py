@@ -93,8 +93,10 @@ def _tier_map(config: EnsembleConfig, root: Path) -> dict[str, dict[str, str | N
     for t in config.tiers:
         art = t.adapter if t.kind == "local" else t.head if t.kind == "classifier" else None
         if art and Path(art).resolve().is_relative_to(root.resolve()):
-            art = str(Path(art).resolve().relative_to(root.resolve()))
-        out[t.name] = {"kind": t.kind, "artifact": art}
+            # produced by the loop: stored relative, so a copy (serving/) points at itself
+            out[t.name] = {"kind": t.kind, "artifact": str(Path(art).resolve().relative_to(root.resolve()))}
+        else:
+            out[t.name] = {"kind": t.kind, "artifact": None, "configured": art}
     return out
 
 
@@ -103,17 +105,15 @@ def write_tier_map(config: EnsembleConfig, artifacts: Path) -> None:
 
 
 def config_with_tiers(config: EnsembleConfig, artifacts: Path) -> EnsembleConfig:
-    """The config with each tier pointed at the adapter/head an artifacts dir holds."""
+    """The config with each loop-trained tier pointed at the adapter/head an artifacts
+    dir holds (tiers the loop did not train keep the config's own adapter/head)."""
     mp = json.loads((artifacts / "tiers.json").read_text())
     tiers = []
     for t in config.tiers:
         art = (mp.get(t.name) or {}).get("artifact")
-        if art is not None and not Path(art).is_absolute():
+        if art is not None:  # else the tier keeps what the config says
             art = str((artifacts / art).resolve())
-        if t.kind == "local":
-            t = t.model_copy(update={"adapter": art})
-        elif t.kind == "classifier" and art is not None:
-            t = t.model_copy(update={"head": art})
+            t = t.model_copy(update={"adapter" if t.kind == "local" else "head": art})
         tiers.append(t)
     return config.model_copy(update={"tiers": tiers})
 
