@@ -124,6 +124,7 @@ COMMAND_MODULES = (
     "routenlp.router.commands",
     "routenlp.conformal.commands",
     "routenlp.bench.commands",
+    "routenlp.loop.commands",
     "routenlp.demo",
     "routenlp.server.commands",
 )
