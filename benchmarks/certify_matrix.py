@@ -28,10 +28,16 @@ def main() -> None:
     ap.add_argument("--estimator", action="store_true", help="train the quality estimator (slow)")
     ap.add_argument("--seed", type=int, default=13)
     ap.add_argument("--json", default=None)
+    ap.add_argument(
+        "--resplits", type=int, default=0,
+        help="also re-split calibration + test rows N times (seeded; router fixed) and report how "
+        "often the served policy misses its target on test",
+    )
     args = ap.parse_args()
 
     from routenlp.bench.commands import load_eval_config, split_calibration
-    from routenlp.bench.harness import _FixedBiasRouter, _request_builder, prepare_rows
+    from routenlp.bench.harness import prepare_rows
+    from routenlp.bench.routenlp_eval import _FixedBiasRouter, _request_builder
     from routenlp.cascade import Cascade
     from routenlp.conformal.certify import calibrate_policy, planning_latency, quality_of
     from routenlp.conformal.estimator import train_estimator
@@ -60,7 +66,7 @@ def main() -> None:
     lat = planning_latency(cfg, fit)
     tiers = build_replay_tiers(cfg, test)
 
-    def replay(theta_b: float | None, lam: float) -> dict[str, float]:
+    def replay(theta_b: float | None, lam: float, test=test, art=art, tiers=tiers) -> dict[str, float]:  # noqa: ANN001
         rt = _FixedBiasRouter(router, [r.task for r in test], [r.prompt for r in test], theta_b)
         casc = Cascade(cfg, tiers, router=rt, policy=art.with_theta(art.theta.model_copy(update={"b": theta_b, "lam": lam})),
                        latency=lat, estimator=est, request_builder=_request_builder, online=False)
@@ -89,6 +95,43 @@ def main() -> None:
         "estimator": bool(est),
         "seconds": round(time.perf_counter() - t0, 1),
     }
+    if args.resplits:
+        # the router (and estimator) stay fixed: they never saw calibration or test rows, so
+        # re-drawing which of those rows calibrate and which test is what the guarantee is about
+        pool = [*cal, *test]
+        splits = []
+        for k in range(args.resplits):
+            rng = np.random.default_rng(1000 + k)
+            by_task: dict[str, list] = {}
+            for r in pool:
+                by_task.setdefault(r.task, []).append(r)
+            cal_k, test_k = [], []
+            for rows in by_task.values():
+                idx = rng.permutation(len(rows))
+                n_cal = int(round(len(rows) * len(cal) / len(pool)))
+                cal_k += [rows[i] for i in idx[:n_cal]]
+                test_k += [rows[i] for i in idx[n_cal:]]
+            art_k = calibrate_policy(cfg, cal_k, router=router, estimator=est, train_rows=fit,
+                                     quality_target=args.quality_target, delta=args.delta,
+                                     guarantee=args.guarantee, seed=k)  # type: ignore[arg-type]
+            got = replay(art_k.theta.b, art_k.theta.lam, test=test_k, art=art_k, tiers=build_replay_tiers(cfg, test_k))
+            alpha = art_k.certificate.alpha
+            splits.append({
+                "split": k, "theta": art_k.theta.model_dump(), "certified": art_k.certificate.certified,
+                "alpha": alpha, **got, "regret_above_alpha": got["mean_regret"] > alpha,
+                "quality_below_target": got["quality_ratio"] < args.quality_target,
+            })
+            print(f"split {k}: theta {art_k.theta.label()} regret {got['mean_regret']:.4f} (alpha {alpha:.4f}) "
+                  f"quality {got['quality_ratio']:.3f} cost {got['cost_ratio']:.3f}", flush=True)
+        res["resplits"] = {
+            "n": len(splits),
+            "share_regret_above_alpha": float(np.mean([x["regret_above_alpha"] for x in splits])),
+            "share_quality_below_target": float(np.mean([x["quality_below_target"] for x in splits])),
+            "mean_quality_ratio": float(np.mean([x["quality_ratio"] for x in splits])),
+            "mean_cost_ratio": float(np.mean([x["cost_ratio"] for x in splits])),
+            "splits": splits,
+        }
+        res["seconds"] = round(time.perf_counter() - t0, 1)
     text = json.dumps(res, indent=2, sort_keys=True)
     print(text)
     if args.json:

@@ -286,8 +286,15 @@ def register(app: typer.Typer) -> None:
         data: Path = typer.Option(..., "--data", "-d", help="task dataset JSONL"),
         out: Path = typer.Option(..., "--out", "-o", help="quality matrix JSONL (appended)"),
         tiers: str | None = typer.Option(None, help="comma-separated tiers (default: all)"),
-        limit: int | None = typer.Option(None, help="label only the first N rows per task"),
-        batch_size: int | None = typer.Option(None, help="override the tiers' batch sizes"),
+        limit: int | None = typer.Option(
+            None, "--limit", min=1, help="label only the first N rows per task"
+        ),
+        batch_size: int | None = typer.Option(
+            None, "--batch-size", min=1, help="override the tiers' batch sizes"
+        ),
+        as_json: bool = typer.Option(
+            False, "--json", help="print a JSON summary object on stdout instead of the table"
+        ),
         ray: bool = typer.Option(
             False, "--ray", help="label on a Ray cluster with Ray Data (extra: routenlp[ray])"
         ),
@@ -300,10 +307,13 @@ def register(app: typer.Typer) -> None:
         Re-running skips rows already in --out; a failing tier is recorded as an error
         outcome and labelling goes on. With --ray each tier is a Ray Data stage with its
         own batch size; the output file is the same."""
-        if address and not ray:
-            from routenlp.errors import RouteNLPError
+        from routenlp.cli_utils import console, print_json
+        from routenlp.errors import DataError
 
-            raise RouteNLPError("--address is only used with --ray", hint="add --ray")
+        if address and not ray:
+            raise DataError("--address is only used with --ray", hint="add --ray")
+        if out.exists() and out.is_dir():
+            raise DataError(f"--out {out} is a directory; give the matrix JSONL file to write")
         cfg = load_config(config)
         rows = load_task_rows(data)
         if not rows:  # before any tier is loaded: the input is what is wrong
@@ -329,26 +339,33 @@ def register(app: typer.Typer) -> None:
                 from routenlp.scale.label import label_rows_ray
 
                 stats = label_rows_ray(
-                    cfg,
-                    rows,
-                    out,
-                    tier_names=names,
-                    batch_size=batch_size,
-                    address=address,
+                    cfg, rows, out, tier_names=names, batch_size=batch_size, address=address,
                     on_progress=lambda n: bar.advance(task_id, n),
                 )
             else:
                 stats = label_rows(
-                    cfg,
-                    rows,
-                    out,
-                    tier_names=names,
-                    batch_size=batch_size,
+                    cfg, rows, out, tier_names=names, batch_size=batch_size,
                     on_progress=lambda n: bar.advance(task_id, n),
                 )
-        print_summary(summarise(read_matrix(out), cfg.tier_names), title=f"Quality matrix {out}")
-        from routenlp.cli_utils import console
-
+        summary = summarise(read_matrix(out), cfg.tier_names)
+        labels = {t.name: t.display_name for t in cfg.tiers}
+        if as_json:
+            print_json(
+                {
+                    "config": str(config),
+                    "data": str(data),
+                    "out": str(out),
+                    "rows": len(rows),
+                    "written": stats.written,
+                    "skipped": stats.skipped,
+                    "errors": stats.errors,
+                    "seconds": round(time.perf_counter() - t0, 3),
+                    "tiers": labels,
+                    "summary": summary,
+                }
+            )
+            return
+        print_summary(summary, title=f"Quality matrix {out}", labels=labels)
         console.print(
             f"labelled {stats.written} rows, skipped {stats.skipped} already done, "
             f"{stats.errors} tier errors recorded -> {out}"

@@ -172,7 +172,7 @@ def test_calibrate_policy_replays_the_cascade_and_holds_on_test(config: Ensemble
     p = art.save(tmp_path / "policy.json")
     loaded = PolicyArtifact.load(p)
     # serve the test split through the real Cascade with the artifact
-    from routenlp.bench.harness import _FixedBiasRouter, _request_builder
+    from routenlp.bench.routenlp_eval import _FixedBiasRouter, _request_builder
     from routenlp.tiers.replay import build_replay_tiers
 
     rt = _FixedBiasRouter(BatchRouter(), [r.task for r in test], [r.prompt for r in test], loaded.theta.b)

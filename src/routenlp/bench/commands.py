@@ -198,6 +198,7 @@ def register(app: typer.Typer) -> None:
         bootstrap: Annotated[int, typer.Option("--bootstrap", help="paired-bootstrap resamples over test queries (0: no intervals)")] = 1000,
         per_query: Annotated[Optional[Path], typer.Option("--per-query", help="write one JSONL row per system default point and test query")] = None,
         seed: Annotated[int, typer.Option("--seed")] = 13,
+        policy: Annotated[Optional[Path], typer.Option("--policy", help="certified policy JSON from `routenlp calibrate --policy certified`: served as RouteNLP's default point (--thresholds then run as the routenlp-per-tier ablation)")] = None,
     ) -> None:
         """Replay a test split through RouteNLP's cascade and every baseline; print the table."""
         from routenlp.bench.harness import evaluate
@@ -207,10 +208,6 @@ def register(app: typer.Typer) -> None:
 
         if reference not in ("top", "best"):
             raise ConfigError(f"--reference must be 'top' or 'best', got {reference!r}")
-        if policy not in ("certified", "per-tier"):
-            raise ConfigError(f"--policy must be 'certified' or 'per-tier', got {policy!r}")
-        if guarantee not in ("high-probability", "expected"):
-            raise ConfigError(f"--guarantee must be 'high-probability' or 'expected', got {guarantee!r}")
         if points < 1:
             raise ConfigError(f"--points must be >= 1, got {points}")
         if bootstrap < 0:
@@ -222,13 +219,23 @@ def register(app: typer.Typer) -> None:
         rt = Router.load(router, cfg)
         thr = Thresholds.load(thresholds)
         est = QualityEstimator.load(estimator) if estimator is not None else None
+        art = None
+        if policy is not None:
+            from routenlp.conformal.certify import PolicyArtifact
+
+            art = PolicyArtifact.load(policy)
         with progress() as prog:
             results = evaluate(
                 cfg, test_rows, router=rt, thresholds=thr, baselines=baselines, train_rows=train_rows,
                 reference=reference, sla_aware=not no_sla, seed=seed, estimator=est, cal_rows=cal_rows,  # type: ignore[arg-type]
                 matrix_name=str(matrix), progress=progress_callback(prog), points=points, bootstrap=bootstrap,
+                policy=art,
             )
         emit_results(results, json_out, html_out, per_query)
+        if art is not None:
+            from routenlp.conformal.commands import print_certificate
+
+            print_certificate(art)
 
     @app.command("benchmark")
     @friendly_errors
@@ -265,6 +272,10 @@ def register(app: typer.Typer) -> None:
 
         if reference not in ("top", "best"):
             raise ConfigError(f"--reference must be 'top' or 'best', got {reference!r}")
+        if policy not in ("certified", "per-tier"):
+            raise ConfigError(f"--policy must be 'certified' or 'per-tier', got {policy!r}")
+        if guarantee not in ("high-probability", "expected"):
+            raise ConfigError(f"--guarantee must be 'high-probability' or 'expected', got {guarantee!r}")
         if points < 1:
             raise ConfigError(f"--points must be >= 1, got {points}")
         if bootstrap < 0:
