@@ -28,9 +28,16 @@ def load_eval_config(
 ) -> EnsembleConfig:
     """--config or --models (+ --tau/--sla-ms overrides and an optional latency profile)."""
     from routenlp.config import config_for_matrix
-    from routenlp.matrix import matrix_tasks
+    from routenlp.matrix import matrix_tasks, matrix_tiers
 
     cfg = config_for_matrix(config, models, matrix_tasks(rows), tau=tau, sla_ms=sla_ms)
+    recorded = set(matrix_tiers(rows))
+    absent = [t for t in cfg.tier_names if t not in recorded]
+    if absent and recorded:
+        # a matrix labelled before a tier joined the config (the simulated frontier T4 of the
+        # example config): evaluating it would price that tier at 0 and call it "always-top"
+        console.print(f"note: the matrix records no outcome of tier(s) {absent}; evaluating without them")
+        cfg = cfg.restricted_to([t for t in cfg.tier_names if t in recorded])
     if latency_profile is not None:
         apply_latency_profile(cfg, latency_profile)
     return cfg
