@@ -108,3 +108,19 @@ def test_certified_policy_is_routenlps_default_point(setup) -> None:  # noqa: AN
     assert res["certificate"]["theta"]["lam"] == pytest.approx(art.theta.lam)
     assert res["certificate"]["plain"] == art.certificate.plain()
     assert "routenlp-per-tier" in res["descriptions"] and "per-(task, tier)" in res["descriptions"]["routenlp-per-tier"]
+
+
+def test_paper_objective_router_runs_as_an_ablation_row(setup, tmp_path) -> None:  # noqa: ANN001
+    cfg, train, cal, test, router, _ = setup
+    paper_cfg = cfg.model_copy(deep=True)
+    paper_cfg.router.objective = "paper"
+    rep = train_router(paper_cfg, train, tmp_path / "paper")
+    paper = Router.load(tmp_path / "paper", cfg)
+    assert rep.objective == "paper" and paper.rule == "label" and not paper.has_success_head
+    th = calibrate(cfg, cal, alpha=0.05)
+    res = evaluate(cfg, test, router=router, thresholds=th, baselines="none", train_rows=train, seed=13,
+                   bootstrap=0, ablation_routers={"routenlp-paper-objective": paper}).to_json()
+    row = res["systems"]["routenlp-paper-objective"]
+    assert row["operating_point"]["rule"] == "label"
+    assert 1 <= res["n_points"]["routenlp-paper-objective"] <= 40
+    assert abs(sum(row["tier_shares"].values()) - 1.0) < 1e-9

@@ -314,6 +314,11 @@ def register(app: typer.Typer) -> None:
             report = train_router(cfg, fit_rows, out / "router", progress=prog, reference=reference)  # type: ignore[arg-type]
             router = Router.load(out / "router", cfg)
             tick("router trained", 1, 1)
+            paper_cfg = cfg.model_copy(deep=True)
+            paper_cfg.router.objective = "paper"
+            train_router(paper_cfg, fit_rows, out / "router-paper", reference=reference)  # type: ignore[arg-type]
+            paper_router = Router.load(out / "router-paper", cfg)
+            tick("paper-objective router trained", 1, 1)
             needs_est = any(
                 o.risk() is None for r in cal_rows[:200] for o in r.outcomes.values()
             )
@@ -336,6 +341,7 @@ def register(app: typer.Typer) -> None:
                 cfg, test_rows, router=router, thresholds=thr, baselines=baselines, train_rows=train_rows,
                 reference=reference, seed=seed, estimator=est, cal_rows=cal_rows,  # type: ignore[arg-type]
                 matrix_name=d.name, progress=tick, points=points, bootstrap=bootstrap, policy=art,
+                ablation_routers={"routenlp-paper-objective": paper_router},
             )
         results.notes.insert(
             0,

@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -558,6 +558,7 @@ def evaluate(
     estimator: Any = None,
     routenlp_operating_points: Sequence[RouteNLPPoint] | None = None,
     policy: Any = None,
+    ablation_routers: Mapping[str, Any] | None = None,
     **overrides: Any,
 ) -> EvalResults:
     """Evaluate RouteNLP (via the Cascade), its ablations and the baselines on one split.
@@ -586,7 +587,7 @@ def evaluate(
     if router is not None:
         rn_runs, rn_notes = evaluate_routenlp(data, settings, router=router, thresholds=thresholds,
                                               estimator=estimator, points=routenlp_operating_points,
-                                              policy=policy)
+                                              policy=policy, ablation_routers=ablation_routers)
         runs.update(rn_runs)
         notes.extend(rn_notes)
     else:

@@ -39,6 +39,7 @@ SUCCESS_COST_BIASES: tuple[float, ...] = (
 )
 ABLATIONS = (
     "routenlp-per-tier",
+    "routenlp-paper-objective",
     "routenlp-router-only",
     "routenlp-cascade-from-t1",
     "routenlp-no-sla",
@@ -277,6 +278,7 @@ def evaluate_routenlp(
     estimator: Any = None,
     points: Sequence[RouteNLPPoint] | None = None,
     policy: Any = None,
+    ablation_routers: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, SystemRun], list[str]]:
     """RouteNLP and its ablations: ({name: run}, notes).
 
@@ -360,6 +362,8 @@ def evaluate_routenlp(
             "ablation: router + cascade through every serving tier in cost order (pre-frontier ladder)",
             {**default.label, "ladder": "all"}),
     }
+    for name, other in (ablation_routers or {}).items():
+        runs[name] = router_alone_run(name, other, test, settings)
     if per_tier_run is not None:
         runs["routenlp-per-tier"] = per_tier_run
         runs["routenlp"].description = "router -> certified cascade (one guarantee for the served policy)"
@@ -370,6 +374,21 @@ def evaluate_routenlp(
         f"({getattr(router, 'rule', 'label')!r}); escalation ladder: {ladder_mode}",
     ]
     return runs, notes
+
+
+def router_alone_run(name: str, router: Any, test: MatrixView, settings: EvalSettings) -> SystemRun:
+    """Another trained router (e.g. `--objective paper`) served alone over its own rule's
+    cost_bias grid (capped), its trained knob as the default point."""
+    tasks, texts = [r.task for r in test.rows], [r.prompt for r in test.rows]
+    default_b = float(getattr(router, "cost_bias", 0.0))
+    biases = subsample_grid([*default_cost_biases(router), default_b], settings.points, keep=default_b)
+    curve = {b: router_only(test, _FixedBiasRouter(router, tasks, texts, b)) for b in biases}
+    return SystemRun(
+        name, curve[default_b], outcomes_of(list(curve.values())),
+        f"ablation: a router trained with the {getattr(router.meta, 'hyper', {}).get('objective', '?')!r} "
+        f"objective and {router.rule!r} rule, served alone",
+        {"cost_bias": default_b, "rule": router.rule},
+    )
 
 
 def warm_cascade_cache(config: EnsembleConfig, estimator: Any, view: MatrixView) -> None:
