@@ -47,6 +47,11 @@ def _demo_config(config_path: Path, out: Path) -> EnsembleConfig:
     return cfg
 
 
+def _acc(x: float | None) -> str:
+    """An accuracy, or why there is none (too few rows for a validation split)."""
+    return "- (too few rows)" if x is None else f"{x:.3f}"
+
+
 def register(app: typer.Typer) -> None:
     from routenlp.cli_utils import console, friendly_errors, progress
 
@@ -97,8 +102,8 @@ def register(app: typer.Typer) -> None:
                     m = fit_classifier_head(tier, data_dir / task / "train.jsonl")
                     console.print(
                         f"{tier.name} / {task}: {len(m['labels'])} labels, n={m['n']}, "
-                        f"train accuracy {m['train_accuracy']:.3f}, "
-                        f"validation accuracy {m['val_accuracy']:.3f} -> {m['head_dir']}"
+                        f"train accuracy {_acc(m['train_accuracy'])}, "
+                        f"validation accuracy {_acc(m['val_accuracy'])} -> {m['head_dir']}"
                     )
 
         console.rule("[bold]4. labelling (every tier on every query)")
