@@ -27,3 +27,21 @@ def shared_data_dir() -> Path:
         if (parent / "pyproject.toml").exists() and candidate.exists():
             return candidate
     return Path.cwd().parent / "shared" / "data"
+
+
+def write_json_atomic(path: str | Path, payload: object) -> Path:
+    """Write JSON via a per-process, per-thread temp file, fsync, then rename: a reader (a
+    reloading server, another replica) sees the old file or the new one, never half."""
+    import json
+    import threading
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f"{p.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        json.dump(payload, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, p)
+    return p

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -460,12 +459,9 @@ class PolicyArtifact(BaseModel):
 
     def save(self, path: str | Path) -> Path:
         """Atomic write (temp + rename): a reloading server never sees half a file."""
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f"{p.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, p)
-        return p
+        from routenlp.paths import write_json_atomic
+
+        return write_json_atomic(path, self.model_dump(mode="json"))
 
     @classmethod
     def load(cls, path: str | Path) -> PolicyArtifact:

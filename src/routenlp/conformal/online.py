@@ -39,7 +39,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import os
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -48,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from routenlp.conformal.thresholds import Thresholds
+from routenlp.paths import write_json_atomic
 from routenlp.errors import DataError
 
 STATE_VERSION = 1
@@ -189,13 +189,7 @@ class OnlineThresholds:
         if p is None:
             raise ValueError("no state path given")
         payload = self.to_json()
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f"{p.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        with tmp.open("w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=2, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, p)
+        write_json_atomic(p, payload)
         with self._lock:
             self._pending = 0
         return p
@@ -344,12 +338,7 @@ class OnlineLambda:
             "updated_at": time.time(),
             "tasks": {t: asdict(st) for t, st in self._tasks.items()},
         }
-        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        with tmp.open("w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=2, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        write_json_atomic(self.path, payload)
 
     # -- queries and updates -----------------------------------------------------------
     def lam(self, task: str) -> float | None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -86,12 +85,9 @@ class Thresholds(BaseModel):
 
     def save(self, path: str | Path) -> Path:
         """Write atomically (temp + rename): a server reloading it never sees half a file."""
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, p)
-        return p
+        from routenlp.paths import write_json_atomic
+
+        return write_json_atomic(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | Path) -> Thresholds:
