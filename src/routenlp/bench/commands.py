@@ -213,12 +213,9 @@ def register(app: typer.Typer) -> None:
         from routenlp.matrix import read_matrix
         from routenlp.router.inference import Router
 
-        if reference not in ("top", "best"):
-            raise ConfigError(f"--reference must be 'top' or 'best', got {reference!r}")
-        if points < 1:
-            raise ConfigError(f"--points must be >= 1, got {points}")
-        if bootstrap < 0:
-            raise ConfigError(f"--bootstrap must be >= 0, got {bootstrap}")
+        from routenlp.bench.settings import EvalSettings
+
+        EvalSettings(reference=reference, points=points, bootstrap=bootstrap)  # type: ignore[arg-type] # checks them before any work
         test_rows = read_matrix(matrix)
         train_rows = read_matrix(train) if train is not None else None
         cal_rows = read_matrix(cal) if cal is not None else None
@@ -277,16 +274,13 @@ def register(app: typer.Typer) -> None:
         from routenlp.router.inference import Router
         from routenlp.router.train import train_router
 
-        if reference not in ("top", "best"):
-            raise ConfigError(f"--reference must be 'top' or 'best', got {reference!r}")
+        from routenlp.bench.settings import EvalSettings
+
+        EvalSettings(reference=reference, points=points, bootstrap=bootstrap)  # type: ignore[arg-type] # checks them before any work
         if policy not in ("certified", "per-tier"):
             raise ConfigError(f"--policy must be 'certified' or 'per-tier', got {policy!r}")
         if guarantee not in ("high-probability", "expected"):
             raise ConfigError(f"--guarantee must be 'high-probability' or 'expected', got {guarantee!r}")
-        if points < 1:
-            raise ConfigError(f"--points must be >= 1, got {points}")
-        if bootstrap < 0:
-            raise ConfigError(f"--bootstrap must be >= 0, got {bootstrap}")
         d = matrix_dir
         for need in ("train.jsonl", "test.jsonl"):
             if not (d / need).exists():
