@@ -45,3 +45,19 @@ def write_json_atomic(path: str | Path, payload: object) -> Path:
         os.fsync(fh.fileno())
     os.replace(tmp, p)
     return p
+
+
+def read_json_file(path: str | Path, what: str, *, hint: str) -> object:
+    """Parse a JSON artifact, or raise one clear DataError naming `what` and the file
+    (missing, not UTF-8, not JSON); `hint` says how to create it."""
+    import json
+
+    from routenlp.errors import DataError
+
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{what} not found: {p}", hint=hint)
+    try:
+        return json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{what} {p} is not valid JSON: {err}") from None

@@ -29,7 +29,6 @@ replay tiers, so SLA rules, skips, the ladder and fallbacks are inside the certi
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -465,16 +464,12 @@ class PolicyArtifact(BaseModel):
 
     @classmethod
     def load(cls, path: str | Path) -> PolicyArtifact:
+        from routenlp.paths import read_json_file
+
         p = Path(path)
-        if not p.exists():
-            raise DataError(
-                f"policy artifact not found: {p}",
-                hint="create it with `routenlp calibrate --policy certified ... --out FILE`",
-            )
-        try:
-            raw = json.loads(p.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise DataError(f"policy artifact {p} is not valid JSON: {err}") from None
+        raw = read_json_file(
+            p, "policy artifact", hint="create it with `routenlp calibrate --policy certified ... --out FILE`"
+        )
         if not isinstance(raw, dict) or raw.get("kind") != "certified":
             kind = raw.get("kind") if isinstance(raw, dict) else None
             raise DataError(

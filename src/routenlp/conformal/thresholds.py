@@ -10,7 +10,6 @@ always accepts.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -91,16 +90,10 @@ class Thresholds(BaseModel):
 
     @classmethod
     def load(cls, path: str | Path) -> Thresholds:
+        from routenlp.paths import read_json_file
+
         p = Path(path)
-        if not p.exists():
-            raise DataError(
-                f"thresholds file not found: {p}",
-                hint="create it with `routenlp calibrate ... --out FILE`",
-            )
-        try:
-            raw = json.loads(p.read_text())
-        except json.JSONDecodeError as err:
-            raise DataError(f"thresholds file {p} is not valid JSON: {err}") from None
+        raw = read_json_file(p, "thresholds file", hint="create it with `routenlp calibrate ... --out FILE`")
         try:
             return cls.model_validate(raw)
         except ValidationError as err:
