@@ -60,6 +60,7 @@ def test_direct_and_cli_give_identical_numbers(bench_dir: Path, tmp_path: Path) 
     from routenlp.config import config_from_models_json
     from routenlp.conformal import Thresholds
     from routenlp.matrix import read_matrix
+    from routenlp.report import referenced_images
     from routenlp.router.inference import Router
 
     d = bench_dir
@@ -86,7 +87,8 @@ def test_direct_and_cli_give_identical_numbers(bench_dir: Path, tmp_path: Path) 
                                         "routenlp-no-sla", "always-small", "always-big", "oracle", "random"}
     assert "routenlp-router-only" in res.output and "always-big" in res.output
     page = html.read_text()
-    assert page.startswith("<!doctype html>") and "data:image/png;base64," in page
+    assert page.startswith("<!doctype html>") and 'src="plots/cost_quality.png"' in page
+    assert referenced_images(html) and all(p.is_file() for p in referenced_images(html))
     pq = [json.loads(line) for line in (tmp_path / "pq.jsonl").read_text().splitlines()]
     assert len(pq) == len(via_cli["systems"]) * via_cli["n_test"]
     assert {r["system"] for r in pq} == set(via_cli["systems"])

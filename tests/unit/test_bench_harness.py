@@ -171,14 +171,19 @@ def test_resolve_baselines() -> None:
 
 def test_html_report_is_self_contained(tmp_path) -> None:
     from routenlp.bench.commands import results_table
-    from routenlp.report import write_html
+    from routenlp.report import referenced_images, render_html, write_html
 
     res = evaluate(CFG, rows(), router=ScriptedRouter(), thresholds=THR, baselines="oracle", count_tokens=len)
     payload = res.to_json()
-    page = write_html(payload, tmp_path / "r.html").read_text()
+    page = render_html(payload)
     assert page.count("data:image/png;base64,") == 3  # curves, tier shares, latency CDF
     assert "routenlp-cascade-from-t1" in page and "<script" not in page
     assert "src=\"http" not in page
+    # written to disk, the same plots are files under plots/ that the page references
+    out = write_html(payload, tmp_path / "r.html")
+    assert "data:image/png" not in out.read_text()
+    refs = referenced_images(out)
+    assert sorted(refs) == sorted((tmp_path / "plots").glob("*.png")) and len(refs) == 3
     table = results_table(payload)
     assert table.row_count == len(payload["systems"])
 

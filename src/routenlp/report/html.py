@@ -1,14 +1,32 @@
-"""A self-contained single-file HTML report: tables plus plots embedded as base64 PNGs."""
+"""The HTML report: evaluation tables and plots, plus (optionally) a plain-language summary,
+the closed loop's rounds and the failure clusters, so one page tells the whole story.
+
+`render_html` returns one self-contained string (plots as base64 data: URIs);
+`write_html` also writes each plot as a PNG under `plots/` beside the HTML file and
+references it by relative path, so the images can be reused on their own.
+"""
 
 from __future__ import annotations
 
 import base64
 import html
 import json
+from collections.abc import Callable, Sequence
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
-from routenlp.report.plots import cost_quality_plot, latency_cdf_plot, tier_share_plot
+from routenlp.report.plots import cost_quality_plot, latency_cdf_plot, loop_rounds_plot, tier_share_plot
+
+PLOTS_DIR = "plots"
+# file stem -> alt text, in page order; write_html owns exactly these names under plots/
+PLOT_FILES = {
+    "cost_quality": "cost-quality curves",
+    "tier_shares": "tier shares per task",
+    "latency_cdf": "latency CDF",
+    "loop_rounds": "cost and quality ratio per loop round",
+}
+ImageSink = Callable[[str, "bytes | None"], str]  # (plot stem, PNG or None) -> <img> or a note
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem;color:#222;max-width:1200px}
@@ -20,6 +38,10 @@ tr.routenlp td{font-weight:bold;background:#eef6ff}
 .note{color:#555;font-size:13px}
 .ci{color:#666;font-size:11px}
 .sig{color:#b00}
+.summary{font-size:15px;line-height:1.45;max-width:900px}
+tr.rejected td{background:#fff1f0}
+tr.stopped td{background:#f7f7f7;color:#555}
+td.text,th.text{text-align:left;max-width:420px}
 img{max-width:100%;border:1px solid #eee;margin:0.5rem 0}
 """
 
@@ -37,6 +59,10 @@ def _img(png: bytes | None, alt: str) -> str:
         return f'<p class="note">{html.escape(alt)}: not available.</p>'
     data = base64.b64encode(png).decode("ascii")
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _inline(stem: str, png: bytes | None) -> str:
+    return _img(png, PLOT_FILES[stem])
 
 
 def top_shares(shares: dict[str, float], n: int = 3) -> str:
@@ -117,8 +143,147 @@ def _boot_note(results: dict[str, Any]) -> str:
     return f"({b.get('resamples')} resamples, seed {b.get('seed')})" if b else "(not computed)"
 
 
-def render_html(results: dict[str, Any], *, title: str | None = None) -> str:
-    """The report as one HTML string (no external files, no scripts)."""
+NOT_RUN = '<p class="note">not run.</p>'
+
+
+def _text(x: Any, limit: int | None = None) -> str:
+    """Escaped free text (queries, reasons), cut to `limit` characters on one line."""
+    t = " ".join(str(x).split())
+    if limit is not None and len(t) > limit:
+        t = t[: limit - 1].rstrip() + "…"
+    return html.escape(t)
+
+
+def summary_html(summary: str | None) -> str:
+    """The plain-language paragraph(s) at the top; blank lines separate paragraphs."""
+    if not summary or not summary.strip():
+        return ""
+    paras = [p for p in summary.strip().split("\n\n") if p.strip()]
+    return "<h2>Summary</h2>" + "".join(f'<p class="summary">{_text(p)}</p>' for p in paras)
+
+
+def _rounds(loop: dict[str, Any] | None) -> list[dict[str, Any]]:
+    rounds = (loop or {}).get("rounds") if isinstance(loop, dict) else None
+    return [r for r in rounds or [] if isinstance(r, dict)]
+
+
+def _distilled(rec: dict[str, Any]) -> str:
+    """Per tier: the examples it was trained on this round (or the new set's volume)."""
+    parts = []
+    for d in rec.get("distill") or []:
+        if not isinstance(d, dict):
+            continue
+        extra = "" if d.get("status") == "trained" else f" ({d.get('status')})"
+        parts.append(f"{d.get('tier')} {d.get('n_examples')}{extra}")
+    if not parts and isinstance(rec.get("volume"), dict):
+        parts = [f"{t} {n}" for t, n in sorted(rec["volume"].items())]
+    return html.escape(", ".join(parts)) if parts else "—"
+
+
+def loop_table(loop: dict[str, Any]) -> str:
+    head = (
+        "<tr><th>round</th><th>strategy</th><th>status</th><th>test quality ratio</th><th>test cost ratio</th>"
+        "<th>cheap share</th><th>top share</th><th>cal quality ratio</th><th>cal cost ratio</th>"
+        "<th>examples distilled</th><th>seconds</th><th class=\"text\">reason</th></tr>"
+    )
+    body = []
+    for r in _rounds(loop):
+        status = str(r.get("status") or "")
+        cls = f' class="{html.escape(status)}"' if status in ("rejected", "stopped") else ""
+        cal = r.get("cal") if isinstance(r.get("cal"), dict) else {}
+        secs = r.get("seconds") if isinstance(r.get("seconds"), dict) else {}
+        why = "; ".join(str(x) for x in (r.get("reason"), r.get("stop")) if x)
+        body.append(
+            f"<tr{cls}><td>{_fmt(r.get('round'))}</td><td>{_fmt(r.get('strategy'))}</td>"
+            f"<td>{html.escape(status) or '—'}</td><td>{_fmt(r.get('quality_ratio'))}</td>"
+            f"<td>{_fmt(r.get('cost_ratio'))}</td><td>{_fmt(r.get('cheap_share'))}</td>"
+            f"<td>{_fmt(r.get('top_share'))}</td><td>{_fmt(cal.get('quality_ratio'))}</td>"
+            f"<td>{_fmt(cal.get('cost_ratio'))}</td><td>{_distilled(r)}</td>"
+            f"<td>{_fmt(secs.get('total'), 1)}</td><td class=\"text\">{_text(why) if why else ''}</td></tr>"
+        )
+    return f"<table>{head}{''.join(body)}</table>"
+
+
+def loop_html(loop: dict[str, Any] | None, img: ImageSink) -> str:
+    """The closed loop's rounds: a table (rejected/stopped rounds with their reason) and
+    the test cost/quality ratio per round and strategy."""
+    if not _rounds(loop):
+        return f"<h2>Closed loop</h2>{NOT_RUN}"
+    assert loop is not None
+    bar = loop.get("target_quality")
+    return (
+        "<h2>Closed loop</h2>"
+        f'<p class="note">Primary (served) strategy: <b>{_fmt(loop.get("primary"))}</b>; a round is accepted '
+        f"when its calibration-split quality ratio reaches {_fmt(bar, 4)}. Test columns: the round's policy on "
+        "the held-out test split; cheap share: traffic not sent to the top tier. Round 0 is the baseline every "
+        "strategy starts from.</p>"
+        f"{loop_table(loop)}"
+        f"{img('loop_rounds', loop_rounds_plot(loop))}"
+    )
+
+
+def _gains_by_cluster(gains: Sequence[dict[str, Any]] | None) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for g in gains or []:
+        if isinstance(g, dict) and g.get("cluster") is not None:
+            out.setdefault(str(g["cluster"]), []).append(g)
+    return out
+
+
+def _gain_cell(gs: list[dict[str, Any]]) -> str:
+    if not gs:
+        return "—"
+    parts = []
+    for g in gs:
+        qb, qa = g.get("quality_before"), g.get("quality_after")
+        delta = f" ({qa - qb:+.3f})" if isinstance(qa, (int, float)) and isinstance(qb, (int, float)) else ""
+        parts.append(f"{_fmt(g.get('tier'))}: {_fmt(qb)} → {_fmt(qa)}{delta}, n {_fmt(g.get('n_test'))}")
+    return "<br>".join(parts)
+
+
+def clusters_html(clusters: dict[str, Any] | None, gains: Sequence[dict[str, Any]] | None = None,
+                  *, top: int = 10, examples: int = 3, example_chars: int = 90) -> str:
+    """The top failure clusters (a ClusterReport's JSON) with, when `gains` (the same
+    round's record `gains`) is given, each cluster's test quality before/after distilling."""
+    items = (clusters or {}).get("clusters") if isinstance(clusters, dict) else None
+    items = [c for c in items or [] if isinstance(c, dict)]
+    if not items:
+        return f"<h2>Failure clusters</h2>{NOT_RUN}"
+    assert clusters is not None
+    n_fail = clusters.get("n_failures") or sum(int(c.get("size") or 0) for c in items)
+    by_key = _gains_by_cluster(gains)
+    head = (
+        "<tr><th>rank</th><th>task</th><th>failing tiers</th><th>size</th><th>share of failures</th>"
+        "<th>mean gap</th><th class=\"text\">example queries</th><th>test quality before → after</th></tr>"
+    )
+    body = []
+    for c in items[:top]:
+        size = c.get("size")
+        share = size / n_fail if isinstance(size, (int, float)) and n_fail else None
+        tiers = c.get("failing_tiers") if isinstance(c.get("failing_tiers"), dict) else {}
+        ex = "<br>".join(_text(e, example_chars) for e in (c.get("examples") or [])[:examples])
+        key = str(c.get("key") or f"{c.get('task')}#{c.get('index', '')}")
+        body.append(
+            f"<tr><td>{_fmt(c.get('rank'))}</td><td>{_fmt(c.get('task'))}</td>"
+            f"<td>{html.escape(', '.join(f'{t} {n}' for t, n in tiers.items())) or '—'}</td>"
+            f"<td>{_fmt(size)}</td><td>{'—' if share is None else f'{share:.1%}'}</td>"
+            f"<td>{_fmt(c.get('mean_gap'))}</td><td class=\"text\">{ex or '—'}</td>"
+            f"<td>{_gain_cell(by_key.get(key, []))}</td></tr>"
+        )
+    gain_note = ("" if by_key else " No per-cluster gains given (the loop did not distil this round, or they "
+                 "were not passed).")
+    return (
+        "<h2>Failure clusters</h2>"
+        f'<p class="note">Top {min(top, len(items))} of {len(items)} clusters of {_fmt(n_fail)} mined failures, '
+        "ranked by size x mean gap to the top tier (the distillation priority). Failing tiers: how many of the "
+        f"cluster's queries each tier failed.{gain_note}</p>"
+        f"<table>{head}{''.join(body)}</table>"
+    )
+
+
+def _page(results: dict[str, Any], img: ImageSink, *, title: str | None, summary: str | None,
+          loop: dict[str, Any] | None, clusters: dict[str, Any] | None,
+          gains: Sequence[dict[str, Any]] | None) -> str:
     name = results.get("matrix") or "evaluation"
     title = title or f"RouteNLP evaluation: {name}"
     flags = results.get("flags", {})
@@ -149,7 +314,8 @@ def render_html(results: dict[str, Any], *, title: str | None = None) -> str:
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{CSS}</style></head><body>
 <h1>{html.escape(title)}</h1>
-<p>{results.get('n_test')} test queries; ratios vs <b>{html.escape(str(results.get('reference')))}</b>
+{summary_html(summary)}
+<p>{_fmt(results.get('n_test'))} test queries; ratios vs <b>{html.escape(str(results.get('reference')))}</b>
 ({html.escape(str(results.get('reference_mode')))}).
 {(' <b>' + html.escape(', '.join(badges)) + '</b>.') if badges else ''}</p>
 {cert_html}
@@ -161,21 +327,73 @@ reaching quality ratio 0.97 (— = never); quality @ c 0.16: the hull's quality 
 area under the hull over cost ratio [0, 1]. Brackets: 95% paired-bootstrap interval over test queries
 {html.escape(_boot_note(results))}; <b class="sig">*</b>: the difference to routenlp (Δ, its interval) excludes zero.</p>
 <h2>Cost-quality curves</h2>
-{_img(cost_quality_plot(results), 'cost-quality curves')}
+{img('cost_quality', cost_quality_plot(results))}
 <h2>Tier shares per task</h2>
-{_img(tier_share_plot(results), 'tier shares per task')}
+{img('tier_shares', tier_share_plot(results))}
 <h2>Latency</h2>
-{_img(latency_cdf_plot(results), 'latency CDF')}
+{img('latency_cdf', latency_cdf_plot(results))}
 <h2>Per task</h2>
 {per_task_table(results)}
+{loop_html(loop, img)}
+{clusters_html(clusters, gains)}
 <h2>Systems compared</h2><ul>{desc}</ul>
 <h2>Notes</h2><ul>{notes}</ul>
 </body></html>
 """
 
 
-def write_html(results: dict[str, Any], path: str | Path, *, title: str | None = None) -> Path:
+def render_html(results: dict[str, Any], *, title: str | None = None, summary: str | None = None,
+                loop: dict[str, Any] | None = None, clusters: dict[str, Any] | None = None,
+                gains: Sequence[dict[str, Any]] | None = None) -> str:
+    """The report as one HTML string (plots inlined as data: URIs, no scripts), so it
+    can be sent or stored as a single file.
+
+    `loop` is the loop.json document, `clusters` one round's clusters.json (a ClusterReport)
+    and `gains` that round's record `gains`; absent sections read "not run"."""
+    return _page(results, _inline, title=title, summary=summary, loop=loop, clusters=clusters, gains=gains)
+
+
+def write_html(results: dict[str, Any], path: str | Path, *, title: str | None = None, summary: str | None = None,
+               loop: dict[str, Any] | None = None, clusters: dict[str, Any] | None = None,
+               gains: Sequence[dict[str, Any]] | None = None) -> Path:
+    """Write the report to `path` and each plot to `plots/<name>.png` beside it (referenced
+    by relative path, so the images are reusable). A plot this report does not have is
+    removed from plots/ so that no stale image from an earlier run is left behind."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(render_html(results, title=title), encoding="utf-8")
+    plots = p.parent / PLOTS_DIR
+    written: set[str] = set()
+
+    def to_file(stem: str, png: bytes | None) -> str:
+        if not png:
+            return _img(None, PLOT_FILES[stem])
+        plots.mkdir(exist_ok=True)
+        (plots / f"{stem}.png").write_bytes(png)
+        written.add(stem)
+        return f'<img alt="{html.escape(PLOT_FILES[stem])}" src="{PLOTS_DIR}/{stem}.png">'
+
+    page = _page(results, to_file, title=title, summary=summary, loop=loop, clusters=clusters, gains=gains)
+    for stem in PLOT_FILES.keys() - written:
+        (plots / f"{stem}.png").unlink(missing_ok=True)
+    p.write_text(page, encoding="utf-8")
     return p
+
+
+class _ImgSources(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.src: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "img":
+            self.src += [v for k, v in attrs if k == "src" and v]
+
+
+def referenced_images(html_path: str | Path) -> list[Path]:
+    """The image files an HTML report's <img src> points at, resolved against its folder
+    (data: and http(s): sources are not files and are left out) - to check a written
+    report references every plot it ships, and nothing missing."""
+    p = Path(html_path)
+    parser = _ImgSources()
+    parser.feed(p.read_text(encoding="utf-8"))
+    return [p.parent / s for s in parser.src if not s.startswith(("data:", "http:", "https:", "file:"))]

@@ -102,3 +102,46 @@ def latency_cdf_plot(results: dict[str, Any]) -> bytes | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return _png(fig)
+
+
+def loop_rounds_plot(loop: dict[str, Any]) -> bytes | None:
+    """Test cost ratio and quality ratio per closed-loop round, one line per strategy, each
+    starting from the shared baseline at round 0; rejected rounds are marked with an x
+    (their policy was never served), stopped rounds (nothing new was trained) are left out."""
+    rounds = [r for r in loop.get("rounds") or [] if isinstance(r, dict)]
+    base = next((r for r in rounds if r.get("round") == 0), None)
+    strategies = list(dict.fromkeys(str(r.get("strategy")) for r in rounds if r.get("round") != 0))
+    if base is None and not strategies:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    panels = ((axes[0], "cost_ratio", "test cost ratio"), (axes[1], "quality_ratio", "test quality ratio"))
+    for ax, key, label in panels:
+        marked = False
+        for strategy in strategies or ["baseline"]:
+            pts = [r for r in rounds if str(r.get("strategy")) == strategy and r.get("status") != "stopped"
+                   and r.get(key) is not None]
+            pts.sort(key=lambda r: r.get("round") or 0)
+            if base is not None and base.get(key) is not None:
+                pts = [base, *pts]
+            if not pts:
+                continue
+            xs = [int(r.get("round") or 0) for r in pts]
+            ys = [float(r[key]) for r in pts]
+            style = {"color": "black", "linewidth": 2.0} if strategy == loop.get("primary") else {"linewidth": 1.4}
+            ax.plot(xs, ys, marker="o", markersize=4, label=strategy, **style)
+            rej = [(x, y) for x, y, r in zip(xs, ys, pts) if r.get("status") == "rejected"]
+            if rej:
+                ax.scatter(*zip(*rej), marker="x", s=70, color="red", zorder=6,
+                           label=None if marked else "rejected")
+                marked = True
+        if key == "quality_ratio" and loop.get("target_quality") is not None:
+            ax.axhline(float(loop["target_quality"]), color="red", linewidth=0.7, linestyle=":",
+                       label="acceptance bar (cal split)")
+        ax.set_xlabel("round (0 = baseline)")
+        ax.set_ylabel(label)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("Closed loop: cost and quality per round")
+    fig.tight_layout()
+    return _png(fig)

@@ -1,0 +1,103 @@
+"""The HTML report's summary, closed-loop and failure-cluster sections, escaping, the
+"not run" fallbacks, and the plots written beside the HTML file."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from report_samples import cluster_report, gains, loop_doc, results
+
+from routenlp.report import referenced_images, render_html, write_html
+from routenlp.report.html import PLOT_FILES, clusters_html, loop_html
+
+
+def _section(page: str, heading: str) -> str:
+    """The page text from <h2>heading</h2> to the next <h2>."""
+    start = page.index(f"<h2>{heading}</h2>")
+    end = page.find("<h2>", start + 1)
+    return page[start:end if end > 0 else None]
+
+
+def test_all_sections_render() -> None:
+    page = render_html(results(), summary="Routing saved 76% of the cost.\n\nSecond paragraph.",
+                       loop=loop_doc(), clusters=cluster_report(), gains=gains())
+    assert page.index("<h2>Summary</h2>") < page.index("<h2>Systems</h2>")
+    assert page.count('<p class="summary">') == 2
+    loop = _section(page, "Closed loop")
+    assert loop.count("<tr") == 1 + 5  # header + baseline, 2 targeted, 2 random
+    assert "0.240" in loop and "T2 48" in loop and "42.5" in loop  # test cost ratio, distilled, seconds
+    assert '<tr class="rejected">' in loop and "below the target" in loop
+    assert "cost-ratio gain 0.0020" in loop  # an accepted round that stopped the chain says why
+    assert 'alt="cost and quality ratio per loop round" src="data:image/png;base64,' in loop
+    cl = _section(page, "Failure clusters")
+    assert cl.count("<tr>") == 1 + 3
+    assert "60.0%" in cl and "T1 12, T2 7" in cl  # share of failures, failing tiers
+    assert "0.410 → 0.630 (+0.220), n 9" in cl and "(-0.020)" in cl
+    assert "fourth query" not in cl  # at most three examples
+    assert "not run" not in page
+
+
+def test_text_is_escaped() -> None:
+    page = render_html(results(), title="A <b>title</b>", summary="cost < 1 & <i>quality</i>",
+                       loop=loop_doc(), clusters=cluster_report())
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "A &lt;b&gt;title&lt;/b&gt;" in page and "cost &lt; 1 &amp; &lt;i&gt;quality&lt;/i&gt;" in page
+    assert "RouteNLP evaluation: synthetic &lt;matrix&gt;" in render_html(results())
+    assert "0.9700 &lt;b&gt;&amp;" in page  # a rejection reason is text, not markup
+
+
+def test_long_examples_are_cut() -> None:
+    cl = clusters_html(cluster_report())
+    cell = re.search(r"How many widgets[^<]*", cl)
+    assert cell and cell.group(0).endswith("…") and len(cell.group(0)) <= 90
+    assert "No per-cluster gains given" in cl
+
+
+def test_missing_sections_say_not_run() -> None:
+    page = render_html(results())
+    assert "<h2>Summary</h2>" not in page
+    assert "<h2>Closed loop</h2>" + '<p class="note">not run.</p>' in page
+    assert "<h2>Failure clusters</h2>" + '<p class="note">not run.</p>' in page
+    page = render_html(results(), summary="  ", loop={"rounds": []}, clusters={"clusters": []})
+    assert page.count("not run.") == 2 and "<h2>Summary</h2>" not in page
+    assert "not run." in loop_html({"primary": "targeted"}, lambda _s, _p: "")
+    assert "not run." in clusters_html({"n_failures": 0}, gains())
+
+
+def test_a_baseline_only_loop_renders() -> None:
+    doc = {"primary": "targeted", "target_quality": 0.97, "rounds": loop_doc()["rounds"][:1]}
+    sec = _section(render_html(results(), loop=doc), "Closed loop")
+    assert sec.count("<tr") == 2 and "src=\"data:image/png;base64," in sec
+
+
+def test_write_html_writes_plot_files(tmp_path: Path) -> None:
+    out = write_html(results(), tmp_path / "report" / "index.html", loop=loop_doc(), clusters=cluster_report(),
+                     gains=gains(), summary="s")
+    page = out.read_text()
+    assert "data:image/png" not in page
+    refs = referenced_images(out)
+    plots = sorted((out.parent / "plots").glob("*.png"))
+    assert sorted(refs) == plots and len(plots) == len(PLOT_FILES)
+    assert [r.relative_to(out.parent).as_posix() for r in refs] == [f"plots/{s}.png" for s in PLOT_FILES]
+    for p in plots:
+        assert p.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_write_html_drops_stale_plots(tmp_path: Path) -> None:
+    write_html(results(), tmp_path / "r.html", loop=loop_doc())
+    assert (tmp_path / "plots" / "loop_rounds.png").is_file()
+    res = results()
+    res["latency_quantiles_ms"] = {}
+    out = write_html(res, tmp_path / "r.html")  # no loop, no latency this time
+    assert sorted(p.name for p in (tmp_path / "plots").glob("*.png")) == ["cost_quality.png", "tier_shares.png"]
+    assert sorted(referenced_images(out)) == sorted((tmp_path / "plots").glob("*.png"))
+    assert "latency CDF: not available." in out.read_text()
+
+
+def test_referenced_images_skips_inline_and_remote(tmp_path: Path) -> None:
+    page = tmp_path / "p.html"
+    page.write_text('<p><img src="data:image/png;base64,AAAA"><IMG alt="x" SRC="a/b.png">'
+                    '<img src="https://example.org/c.png"><img alt="no src"></p>')
+    assert referenced_images(page) == [tmp_path / "a" / "b.png"]
+
