@@ -30,3 +30,7 @@ class TierError(RouteNLPError):
 
 class DataError(RouteNLPError):
     """An input file is missing or malformed."""
+
+
+class BrowserError(RouteNLPError):
+    """Headless Chromium (the report screenshot check) is missing or failed."""

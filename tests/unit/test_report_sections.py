@@ -6,9 +6,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 from report_samples import cluster_report, gains, loop_doc, results
 
-from routenlp.report import referenced_images, render_html, write_html
+from routenlp.errors import BrowserError, DataError
+from routenlp.report import find_chromium, nonblank, referenced_images, render_html, screenshot, write_html
 from routenlp.report.html import PLOT_FILES, clusters_html, loop_html
 
 
@@ -101,3 +103,44 @@ def test_referenced_images_skips_inline_and_remote(tmp_path: Path) -> None:
                     '<img src="https://example.org/c.png"><img alt="no src"></p>')
     assert referenced_images(page) == [tmp_path / "a" / "b.png"]
 
+
+def test_no_browser_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    page = tmp_path / "p.html"
+    page.write_text("<p>x</p>")
+    monkeypatch.setenv("ROUTENLP_CHROMIUM", str(tmp_path / "no-such-chromium"))
+    with pytest.raises(BrowserError, match="ROUTENLP_CHROMIUM") as err:
+        screenshot(page, tmp_path / "p.png")
+    assert "make setup-browser" in str(err.value)
+    monkeypatch.delenv("ROUTENLP_CHROMIUM")
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing on PATH
+    with pytest.raises(BrowserError, match="no headless browser found"):
+        find_chromium()
+
+
+def test_chromium_override_and_missing_inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = tmp_path / "my-chrome"
+    fake.write_text("#!/bin/sh\nexit 3\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("ROUTENLP_CHROMIUM", str(fake))
+    assert find_chromium() == str(fake)
+    page = tmp_path / "p.html"
+    page.write_text("<p>x</p>")
+    with pytest.raises(BrowserError, match="exited 3 without writing"):
+        screenshot(page, tmp_path / "p.png")
+    with pytest.raises(DataError, match="no HTML file"):
+        screenshot(tmp_path / "missing.html", tmp_path / "p.png")
+
+
+def test_nonblank_counts_pixels_off_the_background(tmp_path: Path) -> None:
+    import numpy as np
+    from matplotlib import image
+
+    from routenlp.report import content_height
+
+    img = np.ones((100, 50, 3))
+    img[10:20, :25] = [0.2, 0.4, 0.6]  # 250 of 5000 pixels
+    image.imsave(tmp_path / "p.png", img)
+    assert nonblank(tmp_path / "p.png") == pytest.approx(0.05)
+    assert content_height(tmp_path / "p.png") == 20
+    image.imsave(tmp_path / "w.png", np.ones((10, 10, 3)))
+    assert nonblank(tmp_path / "w.png") == 0.0 and content_height(tmp_path / "w.png") == 0

@@ -1,5 +1,7 @@
-"""Evaluation reports: matplotlib plots and an HTML file (plots also as PNG files)."""
+"""Evaluation reports: matplotlib plots, an HTML file, and a headless-Chromium screenshot check."""
 
 from routenlp.report.html import referenced_images, render_html, write_html
+from routenlp.report.screenshot import content_height, find_chromium, nonblank, screenshot
 
-__all__ = ["referenced_images", "render_html", "write_html"]
+__all__ = ["content_height", "find_chromium", "nonblank", "referenced_images", "render_html", "screenshot",
+           "write_html"]
