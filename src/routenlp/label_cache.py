@@ -220,9 +220,10 @@ class LabelCache:
     """One SQLite file of key -> generation; safe to share between processes (WAL)."""
 
     def __init__(self, path: str | Path | None = None) -> None:
-        self.path = Path(path) if path is not None else default_path()
         self._lock = threading.Lock()
+        self.path = Path(path) if path is not None else Path("<cache dir>") / FILE_NAME
         try:
+            self.path = Path(path) if path is not None else default_path()
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(
                 str(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None,
@@ -236,7 +237,7 @@ class LabelCache:
                 "key TEXT PRIMARY KEY, kind TEXT NOT NULL, value TEXT NOT NULL, "
                 "created REAL NOT NULL)"
             )
-        except sqlite3.Error as err:
+        except (sqlite3.Error, OSError) as err:
             raise DataError(
                 f"label cache {self.path} cannot be opened: {err}",
                 hint=f"delete it, or set {ENV_SWITCH}=0 to label without the cache",

@@ -268,3 +268,32 @@ def test_an_unopenable_cache_is_one_clear_error(tmp_path: Path) -> None:
     bad.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(DataError, match="label cache .* cannot be opened"):
         LabelCache(bad)
+
+
+def test_label_command_reports_hits_and_no_cache_skips_them(tmp_path: Path) -> None:
+    import json
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from routenlp.cli import app
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows(5)))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "tiers": [{"name": "T4", "kind": "reference", "price_in": 8.0, "price_out": 8.0,
+                   "options": {"error_rate": 0.0}}],
+        "tasks": [{"name": "intent", "kind": "intent_classification", "fewshot": 0,
+                   "labels": ["billing", "refund"]}],
+    }))
+
+    def label(out: str, *extra: str) -> dict[str, Any]:
+        res = CliRunner().invoke(app, ["-q", "label", "--config", str(cfg), "--data", str(data),
+                                       "--out", str(tmp_path / out), "--json", *extra])
+        assert res.exit_code == 0, res.output
+        return json.loads(res.stdout)
+
+    assert (label("a.jsonl")["cached"], label("b.jsonl")["cached"]) == (0, 5)
+    off = label("c.jsonl", "--no-cache")
+    assert (off["cached"], off["generated"]) == (0, 5)
