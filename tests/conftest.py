@@ -33,6 +33,15 @@ def need(condition: bool, what: str) -> None:
     pytest.skip(f"{what} not available")
 
 
+@pytest.fixture(autouse=True)
+def _no_user_label_caches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never read or fill the user's label/distillation caches: a test double with
+    the same class and config in another test would be served this test's answers. The
+    cache tests switch them back on over a temporary ROUTENLP_CACHE_DIR."""
+    monkeypatch.setenv("ROUTENLP_LABEL_CACHE", "0")
+    monkeypatch.setenv("ROUTENLP_DISTILL_CACHE", "0")
+
+
 @pytest.fixture(scope="session")
 def require_shared_data() -> Path:
     """The shared data directory (../shared/data or ROUTENLP_SHARED_DATA)."""

@@ -113,7 +113,9 @@ def register(app: typer.Typer) -> None:
             rows += load_task_rows(data_dir / task / "test.jsonl")[:n_per_task]
         with progress() as bar:
             tid = bar.add_task("labelling", total=len(rows))
-            label_rows(cfg, rows, matrix_path, on_progress=lambda n: bar.advance(tid, n))
+            stats = label_rows(cfg, rows, matrix_path, on_progress=lambda n: bar.advance(tid, n))
+        if stats.cached or stats.generated:  # a resumed run with nothing left prints nothing
+            console.print(f"labels: {stats.cached} cached, {stats.generated} generated")
         wanted = {str(r["id"]) for r in rows}  # a re-run with a smaller --n-per-task
         matrix = [r for r in read_matrix(matrix_path) if r.id in wanted]
         print_summary(

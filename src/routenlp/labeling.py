@@ -9,7 +9,9 @@ stopping the run.
 
 from __future__ import annotations
 
+import logging
 import math
+import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -20,10 +22,12 @@ import typer
 
 from routenlp.config import EnsembleConfig, load_config
 from routenlp.errors import UnknownTaskError
+from routenlp.label_cache import TierCache
 from routenlp.matrix import MatrixRow, Outcome, append_rows, done_ids, read_matrix, repair_tail
 from routenlp.tiers.base import Generation, Request, Tier, build_tier, token_uncertainty
 from routenlp.workloads.io import load_task_rows
 
+log = logging.getLogger(__name__)
 
 def generation_uncertainty(gen: Generation) -> float | None:
     """The signal recorded in the matrix: u from log-probs, else 1 - max class prob."""
@@ -39,9 +43,14 @@ def generation_uncertainty(gen: Generation) -> float | None:
 
 @dataclass
 class LabelStats:
+    """Rows written/skipped, and tier outcomes: errors, served from the label cache
+    (`cached`) or produced by the tier (`generated`)."""
+
     written: int = 0
     skipped: int = 0
     errors: int = 0
+    cached: int = 0
+    generated: int = 0
 
 
 def _finite(value: float | None) -> float | None:
@@ -134,13 +143,57 @@ def plan_labelling(
     return LabelPlan(by_task, wanted, serving, sizes, skipped=len(rows) - len(todo))
 
 
-def tier_outcomes(tier: Tier, spec: Any, chunk: Sequence[dict[str, Any]]) -> list[Outcome]:
-    """One tier on one batch of one task's rows: generate, parse, score (never raises)."""
+def _cached_batch(
+    tier: Tier, requests: Sequence[Request], cache: TierCache | None, stats: LabelStats | None
+) -> list[Generation]:
+    """`_safe_batch` through the label cache: hits are served as recorded (no model call,
+    no waiting), only the misses go to the tier, and their successes are stored."""
+    if cache is None:
+        gens = _safe_batch(tier, requests)
+        if stats is not None:
+            stats.generated += len(gens)
+        return gens
+    keys = [cache.key(r) if cache.cacheable(r) else None for r in requests]
+    try:
+        hits = cache.store.get_many([k for k in keys if k is not None], cache.tier)
+    except sqlite3.Error as err:  # a cache locked past its timeout: label without it
+        log.warning("label cache: lookup failed, generating instead: %s", err)
+        hits = {}
+    out: list[Generation | None] = [hits.get(k) if k is not None else None for k in keys]
+    miss = [i for i, g in enumerate(out) if g is None]
+    if miss:
+        fresh = _safe_batch(tier, [requests[i] for i in miss])
+        store: dict[str, tuple[Generation, float | None]] = {}
+        for i, gen in zip(miss, fresh):
+            out[i] = gen
+            key = keys[i]
+            if key is not None and gen.ok:
+                store[key] = (gen, _finite(generation_uncertainty(gen)))
+        try:
+            cache.store.put_many(store, cache.tier.kind)
+        except sqlite3.Error as err:  # a busy or full cache must not lose the labels
+            log.warning("label cache: could not store %d generations: %s", len(store), err)
+    if stats is not None:
+        stats.cached += len(requests) - len(miss)
+        stats.generated += len(miss)
+    return [g for g in out if g is not None]
+
+
+def tier_outcomes(
+    tier: Tier,
+    spec: Any,
+    chunk: Sequence[dict[str, Any]],
+    *,
+    cache: TierCache | None = None,
+    stats: LabelStats | None = None,
+) -> list[Outcome]:
+    """One tier on one batch of one task's rows: generate (or read the label cache),
+    parse, score (never raises). Quality is always scored here, never cached."""
     requests = [spec.build_request(r["input"], id=r["id"]) for r in chunk]
     for req, r in zip(requests, chunk):
         req.reference = r.get("reference")  # read by the simulated-frontier tier only
     out: list[Outcome] = []
-    for r, gen in zip(chunk, _safe_batch(tier, requests)):
+    for r, gen in zip(chunk, _cached_batch(tier, requests, cache, stats)):
         quality = None
         if gen.ok:
             try:
@@ -183,8 +236,13 @@ def label_rows(
     tier_names: Iterable[str] | None = None,
     batch_size: int | None = None,
     on_progress: Callable[[int], None] | None = None,
+    use_cache: bool = True,
 ) -> LabelStats:
-    """Label `rows` with every serving tier and append them to `out_path` (resumable)."""
+    """Label `rows` with every serving tier and append them to `out_path` (resumable).
+
+    Deterministic local tiers go through the label cache (routenlp.label_cache) unless
+    `use_cache` is False or ROUTENLP_LABEL_CACHE=0; `stats.cached` counts its hits."""
+    from routenlp.label_cache import open_tier_caches
     from routenlp.tasks import get_task_spec
 
     plan = plan_labelling(config, rows, out_path, tier_names=tier_names, batch_size=batch_size)
@@ -194,20 +252,30 @@ def label_rows(
             built[name] = build_tier(config.tier(name), config)
     attach_fallbacks(config, built)
     stats = LabelStats(skipped=plan.skipped)
-    for task, task_rows in plan.todo.items():
-        spec = get_task_spec(config.task(task))
-        size = plan.batch_size[task]
-        for start in range(0, len(task_rows), size):
-            chunk = task_rows[start : start + size]
-            outcomes: list[dict[str, Outcome]] = [{} for _ in chunk]
-            for name in plan.serving[task]:
-                for i, o in enumerate(tier_outcomes(built[name], spec, chunk)):
-                    stats.errors += o.error is not None
-                    outcomes[i][name] = o
-            append_rows(out_path, matrix_rows(task, chunk, outcomes))
-            stats.written += len(chunk)
-            if on_progress:
-                on_progress(len(chunk))
+    if plan.n_todo == 0:
+        return stats
+    store, caches = open_tier_caches(
+        config, {n: built[n] for n in plan.tier_names}, use_cache=use_cache
+    )
+    try:
+        for task, task_rows in plan.todo.items():
+            spec = get_task_spec(config.task(task))
+            size = plan.batch_size[task]
+            for start in range(0, len(task_rows), size):
+                chunk = task_rows[start : start + size]
+                outcomes: list[dict[str, Outcome]] = [{} for _ in chunk]
+                for name in plan.serving[task]:
+                    got = tier_outcomes(built[name], spec, chunk, cache=caches.get(name), stats=stats)
+                    for i, o in enumerate(got):
+                        stats.errors += o.error is not None
+                        outcomes[i][name] = o
+                append_rows(out_path, matrix_rows(task, chunk, outcomes))
+                stats.written += len(chunk)
+                if on_progress:
+                    on_progress(len(chunk))
+    finally:
+        if store is not None:
+            store.close()
     return stats
 
 
@@ -301,12 +369,19 @@ def register(app: typer.Typer) -> None:
         address: str | None = typer.Option(
             None, "--address", help="Ray cluster address with --ray (default: RAY_ADDRESS or local)"
         ),
+        no_cache: bool = typer.Option(
+            False, "--no-cache",
+            help="call every tier even when the label cache holds its answer "
+            "(also ROUTENLP_LABEL_CACHE=0)",
+        ),
     ) -> None:
         """Run every serving tier on every query, score it, write the quality matrix.
 
         Re-running skips rows already in --out; a failing tier is recorded as an error
-        outcome and labelling goes on. With --ray each tier is a Ray Data stage with its
-        own batch size; the output file is the same."""
+        outcome and labelling goes on. Answers of deterministic local tiers are cached by
+        content in the user cache dir (quality is always re-scored); --no-cache skips it.
+        With --ray each tier is a Ray Data stage with its own batch size; the output file
+        is the same (the Ray path does not use the label cache)."""
         from routenlp.cli_utils import console, print_json
         from routenlp.errors import DataError
 
@@ -345,7 +420,7 @@ def register(app: typer.Typer) -> None:
             else:
                 stats = label_rows(
                     cfg, rows, out, tier_names=names, batch_size=batch_size,
-                    on_progress=lambda n: bar.advance(task_id, n),
+                    on_progress=lambda n: bar.advance(task_id, n), use_cache=not no_cache,
                 )
         summary = summarise(read_matrix(out), cfg.tier_names)
         labels = {t.name: t.display_name for t in cfg.tiers}
@@ -359,6 +434,8 @@ def register(app: typer.Typer) -> None:
                     "written": stats.written,
                     "skipped": stats.skipped,
                     "errors": stats.errors,
+                    "cached": stats.cached,
+                    "generated": stats.generated,
                     "seconds": round(time.perf_counter() - t0, 3),
                     "tiers": labels,
                     "summary": summary,
@@ -370,3 +447,5 @@ def register(app: typer.Typer) -> None:
             f"labelled {stats.written} rows, skipped {stats.skipped} already done, "
             f"{stats.errors} tier errors recorded -> {out}"
         )
+        if stats.cached or stats.generated:
+            console.print(f"labels: {stats.cached} cached, {stats.generated} generated")

@@ -3,7 +3,9 @@ falls, greedy outputs on those inputs change); the slow test does the same on Sm
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -82,3 +84,42 @@ def test_lora_on_smollm2_lowers_loss_on_eight_examples(tmp_path: Path) -> None:
     ]]
     res = lora_distill(hf, pairs, tmp_path / "adapter", settings=LoraSettings(epochs=2, batch_size=8, lr=2e-3))
     assert res.loss_after < res.loss_before
+
+
+def _files(d: Path) -> dict[str, bytes]:
+    return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def test_training_is_deterministic_and_cached_by_content(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = LoraSettings(r=2, epochs=2, batch_size=2, lr=1e-2, seed=3)
+    pairs = PAIRS[:4]
+    # cache off (conftest): two trainings on the same input save the same bytes
+    a = lora_distill(tiny, pairs, tmp_path / "a", settings=settings)
+    b = lora_distill(tiny, pairs, tmp_path / "b", settings=settings)
+    assert not a.cached and not b.cached
+    assert _files(tmp_path / "a") == _files(tmp_path / "b")
+    assert (a.losses, a.loss_after) == (b.losses, b.loss_after)
+
+    monkeypatch.setenv("ROUTENLP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("ROUTENLP_DISTILL_CACHE")
+    first = lora_distill(tiny, pairs, tmp_path / "c", settings=settings)
+    assert not first.cached
+    t0 = time.perf_counter()
+    hit = lora_distill(tiny, pairs, tmp_path / "fresh" / "d", settings=settings)
+    assert hit.cached and time.perf_counter() - t0 < 5
+    assert _files(tmp_path / "fresh" / "d") == _files(tmp_path / "c") == _files(tmp_path / "a")
+    same = ("n_examples", "loss_before", "loss_after", "steps", "losses", "seconds")
+    assert {k: getattr(hit, k) for k in same} == {k: getattr(first, k) for k in same}
+    assert hit.artifact == str(tmp_path / "fresh" / "d")
+    # a damaged cache entry is trained again (and replaced), never served
+    (weights,) = (tmp_path / "cache" / "distill").glob("*/adapter/adapter_model.safetensors")
+    weights.write_bytes(b"truncated")
+    assert not lora_distill(tiny, pairs, tmp_path / "h", settings=settings).cached
+    assert lora_distill(tiny, pairs, tmp_path / "i", settings=settings).cached
+    assert _files(tmp_path / "i") == _files(tmp_path / "a")
+    # threads are not part of the key; the pairs, their order and the seed are
+    assert lora_distill(tiny, pairs, tmp_path / "e", settings=dataclasses.replace(settings, threads=1)).cached
+    assert not lora_distill(tiny, pairs[::-1], tmp_path / "f", settings=settings).cached
+    assert not lora_distill(tiny, pairs, tmp_path / "g", settings=dataclasses.replace(settings, seed=4)).cached

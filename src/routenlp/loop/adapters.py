@@ -146,7 +146,11 @@ def fit_classifier_head(tier: TierConfig, rows: list[dict[str, Any]], task: str,
 def relabel(config: EnsembleConfig, rows: list[MatrixRow], tier_name: str, out_path: Path,
             on_progress: Callable[[int], None] | None = None) -> list[MatrixRow]:
     """Run one tier (as configured, e.g. with a new adapter) over the rows' queries and
-    return the rows with that tier's outcomes replaced; other tiers are left as recorded."""
+    return the rows with that tier's outcomes replaced; other tiers are left as recorded.
+
+    Goes through the label cache like `routenlp label`: the key holds the adapter's
+    content hash, so re-running a round whose adapter came out byte-identical (e.g. from
+    the distillation cache) reads its answers back instead of decoding again."""
     from routenlp.labeling import label_rows
     from routenlp.matrix import read_matrix
     from routenlp.tiers.base import build_tier

@@ -6,13 +6,21 @@
   directory; the local tier merges it and converts to CTranslate2 once (cached by content).
 - classifier tiers: the head is refitted with the added labels.
 - remote tiers: the set is exported as chat JSONL for an external job and skipped.
+
+LoRA training is cached by content under `cache_dir()/distill/` (see `lora_distill`), so a
+re-run of a round on the same set copies the adapter instead of training it again.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import logging
 import math
+import os
 import random
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,6 +34,10 @@ from routenlp.loop.sets import Example, export_chat_jsonl
 from routenlp.matrix import MatrixRow
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+DISTILL_CACHE_ENV = "ROUTENLP_DISTILL_CACHE"
+# Bump when the training recipe changes in a way the key does not see.
+DISTILL_CACHE_VERSION = 1
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,9 +67,117 @@ class DistillResult:
     seconds: float = 0.0
     reason: str | None = None
     losses: list[float] = field(default_factory=list)
+    cached: bool = False  # True: copied from the distillation cache, numbers as first trained
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items()}
+
+
+# -- the distillation cache ---------------------------------------------------------------
+def distill_cache_enabled() -> bool:
+    """False when ROUTENLP_DISTILL_CACHE is 0/false/no/off."""
+    value = os.environ.get(DISTILL_CACHE_ENV, "1").strip().lower()
+    return value not in ("0", "false", "no", "off")
+
+
+def base_weights_digest(base: Path) -> str:
+    """Content hash of HF weights. A registry model's `hf/` uses the file hashes its
+    manifest recorded (verified whenever the model loads), so a 500 MB checkpoint is not
+    read again; any other directory is hashed (memoised per process)."""
+    from routenlp.models.manifest import read_manifest, sha256_tree, tree_digest
+
+    m = read_manifest(base.parent)
+    prefix = base.name + "/"
+    if m is not None:
+        files = {k[len(prefix):]: v for k, v in m.files.items() if k.startswith(prefix)}
+        present = {p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file()}
+        if files and set(files) == present:
+            return tree_digest(files)
+    return tree_digest(sha256_tree(base))
+
+
+def distill_key(
+    base_identity: str, pairs: Sequence[tuple[str, str]], settings: LoraSettings, chat_format: str
+) -> str:
+    """sha256 over the base model (name + weights digest), the exact (prompt, target)
+    pairs in order, every LoraSettings field but `threads`, the chat format (it picks the
+    end token appended to targets) and the training libraries' versions."""
+    from routenlp.models.convert import tool_versions
+
+    versions = tool_versions()
+    payload = {
+        "v": DISTILL_CACHE_VERSION,
+        "base": base_identity,
+        "pairs": [[p, t] for p, t in pairs],
+        "settings": {k: (list(v) if isinstance(v, tuple) else v)
+                     for k, v in dataclasses.asdict(settings).items() if k != "threads"},
+        "chat_format": chat_format,
+        "versions": {k: versions.get(k) for k in ("torch", "transformers", "peft")},
+    }
+    text = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def distill_cache_root() -> Path:
+    from routenlp.paths import cache_dir
+
+    return cache_dir() / "distill"
+
+
+_RESULT_FIELDS = ("kind", "status", "n_examples", "loss_before", "loss_after", "steps", "seconds",
+                  "losses")
+
+
+def _valid_entry(entry: Path, key: str) -> dict[str, Any] | None:
+    """An entry's metadata when its adapter still matches the digest it recorded."""
+    from routenlp.label_cache import dir_digest
+
+    try:
+        meta = json.loads((entry / "result.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("key") != key:
+        return None
+    return meta if dir_digest(entry / "adapter") == meta.get("adapter_digest") else None
+
+
+def _cache_hit(key: str, out: Path, label: str) -> DistillResult | None:
+    """Copy a cached adapter into `out` and return its original numbers (None: a miss,
+    or an entry whose adapter no longer matches its recorded digest)."""
+    entry = distill_cache_root() / key[:40]
+    meta = _valid_entry(entry, key)
+    if meta is None:
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(entry / "adapter", out, dirs_exist_ok=True)
+    fields = {k: meta["result"][k] for k in _RESULT_FIELDS if k in meta["result"]}
+    return DistillResult(tier=label, artifact=str(out), cached=True, **fields)
+
+
+def _cache_store(key: str, out: Path, result: DistillResult) -> None:
+    """Publish a trained adapter and its numbers atomically (temp dir + rename), replacing
+    a damaged entry; a valid one published meanwhile by another run is kept. Failing to
+    cache never fails training."""
+    from routenlp.label_cache import dir_digest
+    from routenlp.models.manifest import new_temp_dir, publish_dir
+
+    entry = distill_cache_root() / key[:40]
+    if _valid_entry(entry, key) is not None:
+        return
+    tmp: Path | None = None
+    try:
+        tmp = new_temp_dir(entry)
+        shutil.copytree(out, tmp / "adapter")
+        meta = {"key": key, "adapter_digest": dir_digest(tmp / "adapter"),
+                "result": {k: getattr(result, k) for k in _RESULT_FIELDS}}
+        (tmp / "result.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        publish_dir(tmp, entry)
+        tmp = None
+    except OSError as err:
+        log.warning("distillation cache: could not store %s: %s", entry, err)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _end_text(chat_format: str, tokenizer: Any) -> str:
@@ -127,12 +247,20 @@ def lora_distill(
     chat_format: str = "chatml",
     progress: Any = None,
     label: str = "LoRA",
+    base_identity: str | None = None,
+    cache: bool = True,
 ) -> DistillResult:
-    """Train a LoRA adapter on (prompt, target) pairs and save it (PEFT format) to out_dir."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Train a LoRA adapter on (prompt, target) pairs and save it (PEFT format) to out_dir.
 
+    Cached by content (unless `cache` is False or ROUTENLP_DISTILL_CACHE=0): the key is
+    `distill_key` over `base_identity` (e.g. the registry name; default the directory
+    name) plus the weights' digest, the pairs, the settings and the chat format. A hit
+    copies the adapter the first run saved (byte for byte) and returns that run's numbers
+    with `cached=True`. Honest because training is deterministic given the seed: the LoRA
+    init and the batch order are seeded, dropout defaults to 0, and on one machine with
+    the same thread count two runs save identical bytes (tests/integration/
+    test_loop_distill.py checks it). `threads` is not in the key: another thread count may
+    change the last bits of a float sum, so a hit returns the first run's adapter."""
     s = settings or LoraSettings()
     if not pairs:
         raise DataError("the distillation set is empty")
@@ -140,6 +268,29 @@ def lora_distill(
     if not (base / "config.json").is_file():
         raise ConfigError(f"{base} holds no HF weights (config.json)",
                           hint="run `routenlp models pull <model>` first")
+    key: str | None = None
+    if cache and distill_cache_enabled():
+        ident = f"{base_identity or base.name}:{base_weights_digest(base)}"
+        key = distill_key(ident, pairs, s, chat_format)
+        hit = _cache_hit(key, Path(out_dir), label)
+        if hit is not None:
+            if progress is not None:
+                progress.update(progress.add_task(f"{label}: cached adapter", total=1), advance=1)
+            return hit
+    result = _train_lora(base, pairs, Path(out_dir), s, chat_format, progress, label)
+    if key is not None:
+        _cache_store(key, Path(out_dir), result)
+    return result
+
+
+def _train_lora(
+    base: Path, pairs: Sequence[tuple[str, str]], out_dir: Path, s: LoraSettings,
+    chat_format: str, progress: Any, label: str,
+) -> DistillResult:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     t0 = time.perf_counter()
     prev_threads = torch.get_num_threads()
     if s.threads:
@@ -243,7 +394,8 @@ def distill_tier(
             for e in examples
         ]
         res = lora_distill(adapters.local_hf_dir(tier), pairs, out_dir / "adapter", settings=settings,
-                           chat_format=adapters.local_chat_format(tier), progress=progress, label=tier_name)
+                           chat_format=adapters.local_chat_format(tier), progress=progress, label=tier_name,
+                           base_identity=tier.model)
         res.tier = tier_name
         return res
     if tier.kind == "classifier":
