@@ -8,7 +8,7 @@ TORCH_SPEC  := $(if $(TORCH_WHEEL),$(TORCH_WHEEL),torch==2.13.0 --index-url http
 STAMP  := $(VENV)/.routenlp-installed
 DEMO_DIR ?= runs/demo
 
-.PHONY: setup setup-browser demo test test-fast bench clean
+.PHONY: setup setup-browser demo demo-full test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -35,7 +35,10 @@ setup-browser:
 	  "or set ROUTENLP_CHROMIUM to its binary"; fi
 
 demo: setup
-	$(VENV)/bin/routenlp demo --out $(DEMO_DIR)
+	$(VENV)/bin/routenlp demo --preset quick --out $(DEMO_DIR)
+
+demo-full: setup
+	$(VENV)/bin/routenlp demo --preset full --out $(DEMO_DIR)-full
 
 test: setup
 	$(VENV)/bin/python -m pytest

@@ -135,6 +135,18 @@ class TaskConfig(_Strict):
     fewshot: int = Field(
         2, ge=0, description="worked examples (from the train split) put in every prompt"
     )
+    fewshot_select: Literal["easy", "similar"] = Field(
+        "easy",
+        description="easy: the same short, easy train examples in every prompt; similar: the "
+        "train examples most like the query (TF-IDF cosine), nearest last",
+    )
+    fewshot_max_difficulty: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="show only train rows whose `difficulty` is at most this (curated, routine "
+        "demonstrations); rows without a difficulty count as 0",
+    )
 
     @field_validator("kind")
     @classmethod

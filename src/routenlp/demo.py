@@ -1,19 +1,59 @@
-"""`routenlp demo`: the whole pipeline on the built-in workload with the local CPU ensemble.
+"""`routenlp demo`: the paper's story on the built-in workload with the local CPU ensemble.
 
-generate workload -> pull local models -> fit the classifier tier -> label with every tier
--> per-task, per-tier table -> train the router -> calibrate -> evaluate (results table +
-HTML report). Every stage writes its artifact under --out so a re-run resumes.
+workload -> local models -> classifier heads -> label every tier (cached by content) ->
+per-task, per-tier check table -> train the router -> certify the served policy ->
+evaluate against every baseline -> closed-loop rounds (targeted and random) -> re-evaluate
+the promoted round against every baseline -> tables, rounds.json, HTML report, summary.
+
+Every stage writes under --out; labels and distilled adapters are cached in the user cache
+directory by content, so a second run (any --out) only retrains, re-certifies and
+re-evaluates.
 """
 
 from __future__ import annotations
 
+import json
 import random
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from routenlp.config import EnsembleConfig, load_config
 from routenlp.matrix import MatrixRow, read_matrix, write_matrix
+
+SPLIT = (0.30, 0.45)  # train / cal; the rest is test. The certificate lives on cal rows.
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One size of the demo. `seconds_per_row` is measured on 2 cores (labelling every
+    tier plus one re-label per loop round and strategy) and only feeds the estimate."""
+
+    name: str
+    n_per_task: int
+    n_train: int  # classifier-tier training rows per task
+    rounds: int
+    epochs: int
+    max_per_tier: int
+    min_cluster: int
+    description: str
+    seconds_per_row: float = 1.6
+
+    def estimate_minutes(self, n_tasks: int) -> float:
+        rows = self.n_per_task * n_tasks
+        return (rows * self.seconds_per_row * (1 + 0.6 * self.rounds * 2) + 120) / 60.0
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset("tiny", 12, 60, 1, 1, 8, 3, "CI smoke test: every stage on 12 rows per task; "
+                   "too few calibration rows for a certificate"),
+    "quick": Preset("quick", 64, 300, 1, 2, 48, 6, "64 rows per task (173 calibration rows): "
+                    "enough for the certified policy at its default target; one round per strategy"),
+    "full": Preset("full", 200, 300, 3, 2, 96, 8, "200 rows per task, up to 3 rounds per strategy"),
+}
 
 
 def _split_matrix(
@@ -52,116 +92,399 @@ def _acc(x: float | None) -> str:
     return "- (too few rows)" if x is None else f"{x:.3f}"
 
 
+def meets_tau_table(config: EnsembleConfig, rows: list[MatrixRow]) -> list[dict[str, Any]]:
+    """Per task, per tier: share of queries on which the tier meets the task's tau (the
+    difficulty check of the built-in workload), and which tier is the cheapest generative one."""
+    out = []
+    for task in config.task_names:
+        tau = config.task(task).tau
+        t_rows = [r for r in rows if r.task == task]
+        generative = [t.name for t in config.tiers_for(task) if t.kind not in ("classifier",)]
+        for tier in [t.name for t in config.tiers_for(task)]:
+            qs = [r.quality(tier) for r in t_rows]
+            qs = [q for q in qs if q is not None]
+            if not qs:
+                continue
+            out.append({
+                "task": task, "tier": tier, "n": len(qs),
+                "meets_tau": sum(q >= tau - 1e-9 for q in qs) / len(qs),
+                "cheapest_generative": bool(generative) and tier == generative[0],
+            })
+    return out
+
+
+def _meets_table(rows: list[dict[str, Any]], labels: dict[str, str]) -> Any:
+    from rich.table import Table
+
+    tiers = list(dict.fromkeys(r["tier"] for r in rows))
+    t = Table(title="Share of queries on which each tier meets the task's tau "
+                    "(* = cheapest generative tier; the workload aims at 20-60%)")
+    t.add_column("task")
+    for name in tiers:
+        t.add_column(labels.get(name, name), justify="right")
+    for task in dict.fromkeys(r["task"] for r in rows):
+        cells = []
+        for name in tiers:
+            hit = next((r for r in rows if r["task"] == task and r["tier"] == name), None)
+            cells.append("-" if hit is None else f"{hit['meets_tau']:.2f}" + ("*" if hit["cheapest_generative"] else ""))
+        t.add_row(task, *cells)
+    return t
+
+
+def _system_row(results: dict[str, Any], name: str) -> dict[str, Any]:
+    m = results["systems"][name]
+    iv = (results.get("intervals") or {}).get(name) or {}
+    return {
+        "system": name,
+        "quality_ratio": m["quality_ratio"], "cost_ratio": m["cost_ratio"],
+        "quality_ratio_ci": iv.get("quality_ratio"), "cost_ratio_ci": iv.get("cost_ratio"),
+        "p99_latency_ms": m.get("p99_latency_ms"), "sla_violation_rate": m.get("sla_violation_rate"),
+        "tier_shares": m.get("tier_shares"),
+    }
+
+
+def plain_summary(before: dict[str, Any], after: dict[str, Any], loop: dict[str, Any],
+                  certificate: dict[str, Any] | None, top_label: str) -> str:
+    """One paragraph a newcomer can read: what was saved, at what quality, with which guarantee."""
+    b, a = _system_row(before, "routenlp"), _system_row(after, "routenlp")
+
+    def ci(x: Any) -> str:
+        return f" (95% interval {x[0]:.2f}-{x[1]:.2f})" if x and None not in x else ""
+
+    n = after.get("n_test")
+    cheap = 1.0 - float((a["tier_shares"] or {}).get(after["tiers"][-1], 0.0))
+    text = (
+        f"On {n} held-out requests of the built-in workload, RouteNLP served {cheap:.0%} of "
+        f"requests from tiers cheaper than {top_label} and spent {a['cost_ratio']:.2f}x the "
+        f"cost of always using it{ci(a['cost_ratio_ci'])}, at {a['quality_ratio']:.2f}x its "
+        f"quality{ci(a['quality_ratio_ci'])}. "
+    )
+    if certificate is not None:
+        if certificate.get("certified"):
+            text += (
+                f"The served policy is certified: with probability at least "
+                f"{1 - certificate['delta']:.0%}, its mean quality loss against the top tier is at "
+                f"most {certificate['alpha']:.3f} (tested on {certificate['n_B']} calibration rows). "
+            )
+        else:
+            text += (
+                "No policy that accepts cheap answers could be certified on this calibration set "
+                f"({certificate.get('message') or 'too few rows'}), so RouteNLP serves its "
+                "fallback: no cheap answer is accepted on trust; each request goes to the top of "
+                "its task's ladder. "
+            )
+    rounds = [r for r in loop.get("rounds", []) if r.get("round", 0) > 0]
+    tgt = [r for r in rounds if r["strategy"] == "targeted"]
+    rnd = [r for r in rounds if r["strategy"] == "random"]
+    if tgt:
+        last = [r for r in tgt if r["status"] == "accepted"]
+        if last:
+            text += (
+                f"The closed loop distilled the top tier's answers on the failure clusters into the "
+                f"cheap tiers: the cost ratio went from {b['cost_ratio']:.2f} to "
+                f"{last[-1]['cost_ratio']:.2f} on the test split (quality ratio "
+                f"{b['quality_ratio']:.2f} -> {last[-1]['quality_ratio']:.2f})"
+            )
+            ok_rnd = [r for r in rnd if r["status"] == "accepted"]
+            if ok_rnd:
+                text += f"; the same volume of random examples reached {ok_rnd[-1]['cost_ratio']:.2f}"
+            text += ". "
+        else:
+            text += f"The closed loop's targeted round was {tgt[0]['status']}: {tgt[0].get('reason')}. "
+    return text.strip()
+
+
+def _main_table(results: dict[str, Any], before: dict[str, Any] | None, title: str) -> Any:
+    from rich.table import Table
+
+    def ci(x: Any) -> str:
+        return "" if not x or None in x else f" [{x[0]:.3f}, {x[1]:.3f}]"
+
+    t = Table(title=title)
+    for col in ("system", "quality ratio [95% CI]", "cost ratio [95% CI]", "p99 ms", "SLA viol."):
+        t.add_column(col, justify="left" if col == "system" else "right")
+    rows = []
+    if before is not None:
+        r = _system_row(before, "routenlp")
+        r["system"] = "routenlp (before the loop)"
+        rows.append(r)
+    rows += [_system_row(results, name) for name in results["systems"]]
+    for r in rows:
+        t.add_row(
+            r["system"], f"{r['quality_ratio']:.3f}{ci(r['quality_ratio_ci'])}",
+            f"{r['cost_ratio']:.3f}{ci(r['cost_ratio_ci'])}",
+            "-" if r["p99_latency_ms"] is None else f"{r['p99_latency_ms']:.0f}",
+            "-" if r["sla_violation_rate"] is None else f"{r['sla_violation_rate']:.3f}",
+        )
+    return t
+
+
+def _serving_round(loop_dir: Path, loop: dict[str, Any]) -> tuple[Path, Path]:
+    """(artifacts dir, matrices dir) of what serving/ holds: the primary strategy's last
+    accepted round, else the baseline (matrices: the demo's own split files)."""
+    meta = json.loads((loop_dir / "serving.json").read_text())
+    if meta.get("round", 0) == 0:
+        return loop_dir / "baseline" / "artifacts", Path()
+    rd = loop_dir / "rounds" / meta["strategy"] / f"round-{meta['round']}"
+    return rd / "artifacts", rd / "matrices"
+
+
 def register(app: typer.Typer) -> None:
-    from routenlp.cli_utils import console, friendly_errors, progress
+    from routenlp.cli_utils import console, err_console, friendly_errors, progress, write_json
 
     @app.command("demo")
     @friendly_errors
     def demo_cmd(
+        preset: str = typer.Option(
+            "quick", "--preset",
+            help="tiny (CI smoke test), quick (<= 15 min cold on 2 cores incl. install, a few "
+            "minutes warm) or full (200 rows per task, 3 rounds; prints its estimate first)",
+        ),
         out: Path = typer.Option(Path("runs/demo"), "--out", help="working directory"),
         config: Path = typer.Option(
             Path("examples/local-cpu.yaml"), "--config", "-c", help="ensemble YAML"
         ),
-        n_per_task: int = typer.Option(
-            60,
-            min=3,
-            help="queries labelled per task, split 35/35/30 into train/cal/test (alpha=0.05 "
-            "needs >= 19 calibration rows per task to accept anything)",
+        n_per_task: int | None = typer.Option(
+            None, "--n-per-task", min=6,
+            help="override the preset: queries labelled per task, split 30/45/25 into "
+            "train/cal/test",
         ),
-        n_train: int = typer.Option(
-            300, min=2, help="training rows per task for the classifier tier"
-        ),
-        seed: int = typer.Option(13),
+        rounds: int | None = typer.Option(None, "--rounds", min=0, help="override the preset: loop rounds per strategy (0: no loop)"),
+        seed: int = typer.Option(13, "--seed"),
+        as_json: bool = typer.Option(False, "--json", help="print the final summary JSON on stdout"),
     ) -> None:
-        """Run the pipeline on the built-in workload with local models and print the results."""
-        from routenlp.labeling import label_rows, print_summary, summarise
-        from routenlp.models.registry import pull
-        from routenlp.tiers.classifier import fit_classifier_head
-        from routenlp.workloads import generate_workload
-        from routenlp.workloads.io import load_task_rows
+        """Run the whole story on the built-in workload with local models: label, route,
+        certify, compare with every baseline, improve the cheap tiers, compare again."""
+        from routenlp.errors import DataError
 
+        if preset not in PRESETS:
+            raise DataError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+        p = PRESETS[preset]
+        if n_per_task is not None:
+            p = replace(p, n_per_task=n_per_task)
+        if rounds is not None:
+            p = replace(p, rounds=rounds)
+        t_start = time.perf_counter()
         out.mkdir(parents=True, exist_ok=True)
         cfg = _demo_config(config, out)
-
-        console.rule("[bold]1. built-in workload")
-        data_dir = out / "workload"
-        generate_workload(data_dir, seed=seed, n_train=n_train, n_test=n_per_task)
-
-        console.rule("[bold]2. local models")
-        for tier in cfg.tiers:
-            if tier.kind == "local" and tier.model:
-                with progress() as bar:
-                    pull(tier.model, progress=bar)
-
-        console.rule("[bold]3. classifier tier heads")
-        for tier in cfg.tiers:
-            if tier.kind != "classifier":
-                continue
-            for task in cfg.task_names:
-                if tier.serves(task):
-                    m = fit_classifier_head(tier, data_dir / task / "train.jsonl")
-                    console.print(
-                        f"{tier.name} / {task}: {len(m['labels'])} labels, n={m['n']}, "
-                        f"train accuracy {_acc(m['train_accuracy'])}, "
-                        f"validation accuracy {_acc(m['val_accuracy'])} -> {m['head_dir']}"
-                    )
-
-        console.rule("[bold]4. labelling (every tier on every query)")
-        matrix_path = out / "matrix.jsonl"
-        rows = []
-        for task in cfg.task_names:
-            rows += load_task_rows(data_dir / task / "test.jsonl")[:n_per_task]
-        with progress() as bar:
-            tid = bar.add_task("labelling", total=len(rows))
-            stats = label_rows(cfg, rows, matrix_path, on_progress=lambda n: bar.advance(tid, n))
-        if stats.cached or stats.generated:  # a resumed run with nothing left prints nothing
-            console.print(f"labels: {stats.cached} cached, {stats.generated} generated")
-        wanted = {str(r["id"]) for r in rows}  # a re-run with a smaller --n-per-task
-        matrix = [r for r in read_matrix(matrix_path) if r.id in wanted]
-        print_summary(
-            summarise(matrix, cfg.tier_names),
-            title="Per task, per tier",
-            labels={t.name: t.display_name for t in cfg.tiers},
+        est = p.estimate_minutes(len(cfg.task_names))
+        err_console.print(
+            f"[bold]demo preset {p.name}[/]: {p.description}. Estimated {est:.0f} minutes on 2 CPU "
+            "cores with nothing cached (much less when labels are cached)."
         )
+        stages: dict[str, float] = {}
 
-        train, cal, test = _split_matrix(matrix, seed, (0.35, 0.35))
-        for name, part in (("train", train), ("cal", cal), ("test", test)):
-            write_matrix(out / f"matrix_{name}.jsonl", part)
+        def stage(name: str, t0: float) -> None:
+            stages[name] = round(time.perf_counter() - t0, 1)
+
+        summary = _run(cfg, out, p, seed, stage, console, progress)
+        summary["seconds"] = {**stages, "total": round(time.perf_counter() - t_start, 1)}
+        write_json(out / "summary.json", summary)
+        console.rule("[bold]summary")
+        console.print(summary["summary"])
         console.print(
-            f"matrix split: train {len(train)}, cal {len(cal)}, test {len(test)} rows "
-            f"-> {out}/matrix_{{train,cal,test}}.jsonl"
+            f"\nfiles: {out}/results.json (main table), {out}/rounds.json (per round), "
+            f"{out}/report.html (report), {out}/summary.json; wall clock "
+            f"{summary['seconds']['total'] / 60:.1f} min"
         )
+        if as_json:
+            print(json.dumps(summary, indent=2, default=str))
 
-        from routenlp.bench.commands import emit_results, progress_callback
-        from routenlp.bench.harness import evaluate
-        from routenlp.conformal import calibrate
-        from routenlp.conformal.commands import print_thresholds
-        from routenlp.router.inference import Router
-        from routenlp.router.train import report_table, train_router
 
-        console.rule("[bold]5. router (trained on the train split)")
+def _run(cfg: EnsembleConfig, out: Path, p: Preset, seed: int, stage: Any, console: Any,
+         progress: Any) -> dict[str, Any]:
+    from routenlp.bench.commands import progress_callback, results_table
+    from routenlp.bench.harness import evaluate
+    from routenlp.conformal.certify import calibrate_policy
+    from routenlp.conformal import calibrate
+    from routenlp.labeling import label_rows, print_summary, summarise
+    from routenlp.loop.commands import round_table
+    from routenlp.loop.distill import LoraSettings
+    from routenlp.loop.rounds import LoopOptions, optimize, table_rows
+    from routenlp.models.registry import pull
+    from routenlp.report import write_html
+    from routenlp.router.inference import Router
+    from routenlp.router.train import report_table, train_router
+    from routenlp.tiers.classifier import fit_classifier_head
+    from routenlp.workloads import generate_workload
+    from routenlp.workloads.io import load_task_rows
+
+    labels = {t.name: t.display_name for t in cfg.tiers}
+    top = cfg.tiers[-1]
+    top_label = labels.get(top.name, top.name)
+
+    t0 = time.perf_counter()
+    console.rule("[bold]1. built-in workload")
+    data_dir = out / "workload"
+    generate_workload(data_dir, seed=seed, n_train=p.n_train, n_test=p.n_per_task)
+    stage("workload", t0)
+
+    t0 = time.perf_counter()
+    console.rule("[bold]2. local models (converted once, cached in the user cache directory)")
+    for tier in cfg.tiers:
+        if tier.kind == "local" and tier.model:
+            with progress() as bar:
+                pull(tier.model, progress=bar)
+    stage("models", t0)
+
+    t0 = time.perf_counter()
+    console.rule("[bold]3. classifier tier heads")
+    for tier in cfg.tiers:
+        if tier.kind != "classifier":
+            continue
+        for task in cfg.task_names:
+            if tier.serves(task):
+                m = fit_classifier_head(tier, data_dir / task / "train.jsonl")
+                console.print(
+                    f"{tier.name} / {task}: {len(m['labels'])} labels, n={m['n']}, "
+                    f"train accuracy {_acc(m['train_accuracy'])}, "
+                    f"validation accuracy {_acc(m['val_accuracy'])}"
+                )
+    stage("classifier", t0)
+
+    t0 = time.perf_counter()
+    console.rule("[bold]4. labelling (every tier on every query)")
+    matrix_path = out / "matrix.jsonl"
+    rows = []
+    for task in cfg.task_names:
+        rows += load_task_rows(data_dir / task / "test.jsonl")[: p.n_per_task]
+    with progress() as bar:
+        tid = bar.add_task("labelling", total=len(rows))
+        stats = label_rows(cfg, rows, matrix_path, on_progress=lambda n: bar.advance(tid, n))
+    console.print(
+        f"labels: {stats.skipped} already in {matrix_path.name}, {stats.cached} from the label "
+        f"cache, {stats.generated} generated"
+    )
+    wanted = {str(r["id"]) for r in rows}  # a re-run with a smaller --n-per-task
+    matrix = [r for r in read_matrix(matrix_path) if r.id in wanted]
+    print_summary(summarise(matrix, cfg.tier_names), title="Per task, per tier", labels=labels)
+    meets = meets_tau_table(cfg, matrix)
+    console.print(_meets_table(meets, labels))
+    stage("label", t0)
+
+    train, cal, test = _split_matrix(matrix, seed, SPLIT)
+    for name, part in (("train", train), ("cal", cal), ("test", test)):
+        write_matrix(out / f"matrix_{name}.jsonl", part)
+    console.print(f"matrix split: train {len(train)}, cal {len(cal)}, test {len(test)} rows")
+
+    t0 = time.perf_counter()
+    console.rule("[bold]5. router (trained on the train split)")
+    with progress() as bar:
+        report = train_router(cfg, train, out / "router", progress=bar)
+    console.print(report_table(report))
+    router = Router.load(out / "router", cfg)
+    stage("router", t0)
+
+    t0 = time.perf_counter()
+    target = cfg.router.quality_target
+    console.rule(f"[bold]6. certify the served policy (quality target {target}, delta 0.1)")
+    thresholds = calibrate(cfg, cal, alpha=cfg.cascade.alpha, method=cfg.cascade.method)
+    thresholds.save(out / "thresholds.json")
+    policy = calibrate_policy(cfg, cal, router=router, quality_target=target, delta=0.1, seed=seed)
+    policy.save(out / "policy.json")
+    cert = policy.certificate
+    console.print(("[green]certified[/]: " if cert.certified else "[yellow]not certified[/]: ") + cert.plain())
+    stage("certify", t0)
+
+    t0 = time.perf_counter()
+    console.rule("[bold]7. evaluation: RouteNLP vs every baseline on the test split")
+    with progress() as bar:
+        res = evaluate(
+            cfg, test, router=router, thresholds=thresholds, policy=policy, baselines="all",
+            train_rows=train, cal_rows=cal, seed=seed, bootstrap=200,
+            matrix_name="built-in workload (local CPU ensemble), before the loop",
+            progress=progress_callback(bar),
+        )
+    before = res.to_json()
+    res.write_per_query(out / "per_query_before.jsonl")
+    write_json_file(out / "results_before.json", before)
+    console.print(results_table(before))
+    stage("evaluate", t0)
+
+    loop_doc: dict[str, Any] = {"rounds": []}
+    loop_dir = out / "loop"
+    after = before
+    if p.rounds > 0:
+        t0 = time.perf_counter()
+        console.rule("[bold]8. closed loop: mine -> cluster -> distil -> re-label -> retrain -> re-certify")
+        opts = LoopOptions(
+            rounds=p.rounds, strategies=("targeted", "random"), seed=seed, tiers=_cheap_tiers(cfg),
+            max_per_tier=p.max_per_tier, min_cluster=p.min_cluster, parallel=True,
+            lora=LoraSettings(epochs=p.epochs, seed=seed),
+        )
         with progress() as bar:
-            report = train_router(cfg, train, out / "router", progress=bar)
-        console.print(report_table(report))
-        router = Router.load(out / "router", cfg)
+            rows_out = optimize(cfg, train, cal, test, loop_dir, opts, progress=bar, say=console.print)
+        write_json_file(out / "rounds.json", table_rows(rows_out))
+        console.print(round_table(rows_out))
+        loop_doc = json.loads((loop_dir / "loop.json").read_text())
+        stage("loop", t0)
 
-        console.rule(f"[bold]6. conformal calibration (alpha {cfg.cascade.alpha})")
-        thresholds = calibrate(cfg, cal, alpha=cfg.cascade.alpha, method=cfg.cascade.method)
-        thresholds.save(out / "thresholds.json")
-        print_thresholds(thresholds)
+        t0 = time.perf_counter()
+        console.rule("[bold]9. re-evaluation of what the loop promoted, against every baseline")
+        art, mdir = _serving_round(loop_dir, loop_doc)
+        if mdir != Path():
+            from routenlp.loop.rounds import config_with_tiers
 
-        console.rule("[bold]7. evaluation: RouteNLP vs baselines on the test split")
-        with progress() as bar:
-            results = evaluate(
-                cfg,
-                test,
-                router=router,
-                thresholds=thresholds,
-                baselines="all",
-                train_rows=train,
-                cal_rows=cal,
-                seed=seed,
-                matrix_name="built-in workload (local CPU ensemble)",
-                progress=progress_callback(bar),
-            )
-        emit_results(results, out / "results.json", out / "report.html")
+            cfg_after = config_with_tiers(cfg, art)
+            train_a, cal_a, test_a = (read_matrix(mdir / f"{s}.jsonl") for s in ("train", "cal", "test"))
+            from routenlp.conformal.certify import PolicyArtifact
+            from routenlp.conformal import Thresholds
+
+            with progress() as bar:
+                res = evaluate(
+                    cfg_after, test_a, router=Router.load(art / "router", cfg_after),
+                    thresholds=Thresholds.load(art / "thresholds.json"),
+                    policy=PolicyArtifact.load(art / "policy.json"), baselines="all",
+                    train_rows=train_a, cal_rows=cal_a, seed=seed, bootstrap=200,
+                    matrix_name="built-in workload (local CPU ensemble), after the loop",
+                    progress=progress_callback(bar),
+                )
+            after = res.to_json()
+            cert = PolicyArtifact.load(art / "policy.json").certificate
+        else:
+            console.print("no round was accepted: serving stays at the baseline")
+        stage("re-evaluate", t0)
+    else:
+        write_json_file(out / "rounds.json", [])
+    write_json_file(out / "results.json", after)
+    res.write_per_query(out / "per_query.jsonl")
+
+    console.print(_main_table(after, before if after is not before else None,
+                              f"Main table: test split, ratios against always-{top_label}"))
+    cert_json = cert.model_dump(mode="json")
+    text = plain_summary(before, after, loop_doc, cert_json, top_label)
+    clusters, gains = _first_round_clusters(loop_dir, loop_doc)
+    write_html(after, out / "report.html", title="RouteNLP demo: built-in workload, local CPU ensemble",
+               summary=text, loop=loop_doc if loop_doc.get("rounds") else None, clusters=clusters, gains=gains)
+    return {
+        "preset": p.name, "n_per_task": p.n_per_task, "rounds_per_strategy": p.rounds,
+        "n_rows": {"train": len(train), "cal": len(cal), "test": len(test)},
+        "labels": {"cached": stats.cached, "generated": stats.generated},
+        "meets_tau": meets, "certificate": cert_json,
+        "before": _system_row(before, "routenlp"), "after": _system_row(after, "routenlp"),
+        "systems": {n: _system_row(after, n) for n in after["systems"]},
+        "rounds": table_rows(loop_doc.get("rounds", [])), "summary": text,
+    }
+
+
+def _cheap_tiers(cfg: EnsembleConfig) -> tuple[str, ...]:
+    """The tiers the demo's loop distils into: classifier heads (refitted in seconds) and
+    the cheapest generative tier. Distilling the mid tier as well doubles the loop's
+    re-labelling time on 2 cores for little gain (`routenlp optimize --tiers` can)."""
+    gen = [t.name for t in cfg.tiers if t.kind == "local"]
+    return tuple([t.name for t in cfg.tiers if t.kind == "classifier"] + gen[:1])
+
+
+def _first_round_clusters(loop_dir: Path, loop: dict[str, Any]) -> tuple[dict[str, Any] | None, Any]:
+    """The targeted strategy's first round: its failure clusters and per-cluster gains."""
+    rec = next((r for r in loop.get("rounds", []) if r.get("strategy") == "targeted" and r.get("round") == 1), None)
+    path = loop_dir / "rounds" / "targeted" / "round-1" / "clusters.json"
+    if rec is None or not path.is_file():
+        return None, None
+    return json.loads(path.read_text()), rec.get("gains")
+
+
+def write_json_file(path: Path, payload: Any) -> None:
+    from routenlp.paths import write_json_atomic
+
+    write_json_atomic(path, payload)

@@ -14,6 +14,7 @@ import math
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -257,6 +258,7 @@ def label_rows(
     store, caches = open_tier_caches(
         config, {n: built[n] for n in plan.tier_names}, use_cache=use_cache
     )
+    pool = ThreadPoolExecutor(max_workers=max(1, len(plan.tier_names)), thread_name_prefix="label")
     try:
         for task, task_rows in plan.todo.items():
             spec = get_task_spec(config.task(task))
@@ -264,8 +266,21 @@ def label_rows(
             for start in range(0, len(task_rows), size):
                 chunk = task_rows[start : start + size]
                 outcomes: list[dict[str, Outcome]] = [{} for _ in chunk]
-                for name in plan.serving[task]:
-                    got = tier_outcomes(built[name], spec, chunk, cache=caches.get(name), stats=stats)
+                names = list(plan.serving[task])
+                per_tier = {name: LabelStats() for name in names}
+                # the tiers of one batch run side by side: local engines release the GIL
+                # and each is pinned to its own threads, so on 2 cores T2 and T3 overlap
+                futures = {
+                    name: pool.submit(
+                        tier_outcomes, built[name], spec, chunk,
+                        cache=caches.get(name), stats=per_tier[name],
+                    )
+                    for name in names
+                }
+                for name in names:
+                    got = futures[name].result()
+                    stats.cached += per_tier[name].cached
+                    stats.generated += per_tier[name].generated
                     for i, o in enumerate(got):
                         stats.errors += o.error is not None
                         outcomes[i][name] = o
@@ -274,6 +289,7 @@ def label_rows(
                 if on_progress:
                     on_progress(len(chunk))
     finally:
+        pool.shutdown(wait=True)
         if store is not None:
             store.close()
     return stats

@@ -283,3 +283,29 @@ def test_duplicate_request_id_is_409_and_pinned_uses_task_prompt(env: tuple[Env,
     assert r.status_code == 409 and r.json()["error"]["param"] == "metadata.request_id"
     rec = e.store.get_request("fixed-1")
     assert rec is not None and rec.metadata["degraded"] is False and rec.final_tier == "T1"
+
+
+def policy_file(tmp: Path, lam: float) -> Path:
+    """A certified policy for the gateway's two tasks: T1 accepted iff p_hat(u) <= lam, with
+    p_hat(u) = u (identity isotonic map)."""
+    from routenlp.conformal.certify import Certificate, IsoMap, PolicyArtifact, Theta
+
+    cert = Certificate(alpha=0.03, delta=0.1, guarantee="high-probability", n_A=200, n_B=200,
+                       p_value=0.01, ucb=0.028, theta=Theta(lam=lam), certified=True,
+                       population="marginal over the calibration task mix", shares={"chat": 0.5, "faq": 0.5})
+    iso = IsoMap(thresholds=[0.0, 1.0], values=[0.0, 1.0], n=100)
+    art = PolicyArtifact(theta=Theta(lam=lam), maps={t: {"T1": iso} for t in ("chat", "faq")},
+                         certificate=cert, ladders={t: ["T1", "T2"] for t in ("chat", "faq")},
+                         signals={t: {"T1": "recorded"} for t in ("chat", "faq")})
+    return art.save(tmp / "policy.json")
+
+
+@pytest.mark.parametrize(("lam", "served"), [(0.9, ["T1"]), (0.05, ["T1", "T2"])])
+def test_gateway_serves_the_certified_policy(tmp_path: Path, lam: float, served: list[str]) -> None:
+    # T1's log-prob -0.5 -> u = 1 - exp(-0.5) ~ 0.39: accepted at lambda 0.9, escalated at 0.05
+    e = Env(tmp_path, t1={"logprob": -0.5}, thresholds=policy_file(tmp_path, lam))
+    assert e.state.mode == "routed:certified"
+    with TestClient(e.app) as c:
+        r = c.post("/v1/chat/completions", json={"messages": MSGS}, headers={"X-RouteNLP-Task": "faq"})
+    assert r.status_code == 200, r.text
+    assert r.json()["routenlp"]["tiers_tried"] == served

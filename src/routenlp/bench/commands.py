@@ -187,7 +187,7 @@ def register(app: typer.Typer) -> None:
     def evaluate_cmd(
         matrix: Annotated[Path, typer.Option("--matrix", help="labelled test split (quality matrix JSONL)")],
         router: Annotated[Path, typer.Option("--router", help="trained router artifact directory")],
-        thresholds: Annotated[Path, typer.Option("--thresholds", help="thresholds JSON from `routenlp calibrate`")],
+        thresholds: Annotated[Optional[Path], typer.Option("--thresholds", help="per-tier thresholds JSON from `routenlp calibrate --policy per-tier` (with --policy: the routenlp-per-tier ablation)")] = None,
         config: Annotated[Optional[Path], typer.Option("--config", help="ensemble YAML")] = None,
         models: Annotated[Optional[Path], typer.Option("--models", help="models.json of a routing matrix")] = None,
         train: Annotated[Optional[Path], typer.Option("--train", help="train split: fits the learned baselines")] = None,
@@ -216,12 +216,16 @@ def register(app: typer.Typer) -> None:
         from routenlp.bench.settings import EvalSettings
 
         EvalSettings(reference=reference, points=points, bootstrap=bootstrap)  # type: ignore[arg-type] # checks them before any work
+        if thresholds is None and policy is None:
+            from routenlp.errors import DataError
+
+            raise DataError("evaluate needs an accept rule: --policy policy.json (certified) or --thresholds thresholds.json")
         test_rows = read_matrix(matrix)
         train_rows = read_matrix(train) if train is not None else None
         cal_rows = read_matrix(cal) if cal is not None else None
         cfg = load_eval_config(config, models, [*test_rows, *(train_rows or [])], tau=tau, sla_ms=sla_ms, latency_profile=latency_profile)
         rt = Router.load(router, cfg)
-        thr = Thresholds.load(thresholds)
+        thr = Thresholds.load(thresholds) if thresholds is not None else None
         est = QualityEstimator.load(estimator) if estimator is not None else None
         art = None
         if policy is not None:

@@ -8,6 +8,7 @@ function here, so re-pointing the loop at a new API is a one-file change.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,13 +60,34 @@ def load_router(config: EnsembleConfig, router_dir: Path) -> Any:
     return Router.load(router_dir, config)
 
 
-def calibrate(config: EnsembleConfig, rows: list[MatrixRow], out_path: Path) -> Any:
-    """Per-tier thresholds at the config's alpha (the certified policy replaces this here)."""
+@dataclass
+class ServedPolicy:
+    """What a round serves: the certified policy (router + cascade under one guarantee)
+    and the per-tier thresholds it replaced, kept as the `routenlp-per-tier` ablation."""
+
+    thresholds: Any
+    artifact: Any = None  # conformal.certify.PolicyArtifact; None: per-tier rule only
+
+    @property
+    def certificate(self) -> Any:
+        return None if self.artifact is None else self.artifact.certificate
+
+
+def calibrate(config: EnsembleConfig, rows: list[MatrixRow], out_dir: Path, *, router: Any = None,
+              certified: bool = True) -> ServedPolicy:
+    """Per-tier thresholds (thresholds.json) and, with a router, the certified policy
+    (policy.json) at the config's router.quality_target, delta 0.1."""
     from routenlp.conformal import calibrate as _calibrate
+    from routenlp.conformal.certify import calibrate_policy
 
     th = _calibrate(config, rows, alpha=config.cascade.alpha)
-    th.save(out_path)
-    return th
+    th.save(out_dir / "thresholds.json")
+    art = None
+    if certified and router is not None:
+        art = calibrate_policy(config, rows, router=router, quality_target=config.router.quality_target,
+                               delta=0.1, seed=13)
+        art.save(out_dir / "policy.json")
+    return ServedPolicy(th, art)
 
 
 def load_thresholds(path: Path) -> Any:
@@ -74,14 +96,16 @@ def load_thresholds(path: Path) -> Any:
     return Thresholds.load(path)
 
 
-def evaluate(config: EnsembleConfig, rows: list[MatrixRow], router: Any, thresholds: Any) -> dict[str, Any]:
+def evaluate(config: EnsembleConfig, rows: list[MatrixRow], router: Any, policy: ServedPolicy) -> dict[str, Any]:
     """RouteNLP through the Cascade on one split: quality/cost ratios and tier shares."""
     from routenlp.bench.harness import evaluate as _evaluate
 
-    res = _evaluate(config, rows, router=router, thresholds=thresholds, baselines="none", seed=13)
+    res = _evaluate(config, rows, router=router, thresholds=policy.thresholds, policy=policy.artifact,
+                    baselines="none", seed=13)
     m = res.systems["routenlp"]
     top = res.tiers[-1]
     shares = dict(m.tier_shares)
+    cert = policy.certificate
     return {
         "quality_ratio": float(m.quality_ratio),
         "cost_ratio": float(m.cost_ratio),
@@ -89,6 +113,7 @@ def evaluate(config: EnsembleConfig, rows: list[MatrixRow], router: Any, thresho
         "top_share": float(shares.get(top, 0.0)),
         "cheap_share": float(sum(v for k, v in shares.items() if k != top)),
         "tier_shares": shares,
+        "certified": None if cert is None else bool(cert.certified),
     }
 
 

@@ -1,8 +1,8 @@
 """Optimisation rounds: mine -> cluster -> sets -> distil -> re-label the changed tiers ->
-retrain the router -> re-calibrate -> evaluate, with versioned artifacts.
+retrain the router -> re-certify the served policy -> evaluate, with versioned artifacts.
 
 Layout under `out`:
-  baseline/artifacts/              round 0: router/, thresholds.json, tiers.json
+  baseline/artifacts/              round 0: router/, policy.json, thresholds.json, tiers.json
   rounds/<strategy>/round-<n>/     artifacts/ (router/, thresholds.json, tiers/<T>/..., tiers.json),
                                    matrices/{train,cal,test}.jsonl, clusters.json, set.jsonl,
                                    round.json
@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +61,7 @@ class LoopOptions:
     lora: LoraSettings = field(default_factory=LoraSettings)
     store: Any = None  # a Store: artifacts are registered in it
     from_store: bool = False  # also mine the store's request log + feedback
+    parallel: bool = False  # run the strategies' chains side by side (threads)
 
 
 @dataclass
@@ -171,6 +174,8 @@ def register_in_store(store: Any, artifacts: Path, config: EnsembleConfig, round
     meta = {"round": round_no, "strategy": strategy}
     store.register_artifact("loop-router", artifacts / "router", config_hash=config.hash(), metadata=meta)
     store.register_artifact("loop-thresholds", artifacts / "thresholds.json", config_hash=config.hash(), metadata=meta)
+    if (artifacts / "policy.json").is_file():
+        store.register_artifact("loop-policy", artifacts / "policy.json", config_hash=config.hash(), metadata=meta)
     for sub in sorted((artifacts / "tiers").glob("*")) if (artifacts / "tiers").is_dir() else []:
         store.register_artifact(f"loop-tier-{sub.name}", sub, config_hash=config.hash(), metadata=meta)
 
@@ -211,9 +216,9 @@ def fit_policy(state_cfg: EnsembleConfig, train: list[MatrixRow], cal: list[Matr
                timer: Timer) -> tuple[Any, Any]:
     artifacts.mkdir(parents=True, exist_ok=True)
     timer.run("router", lambda: adapters.train_router(state_cfg, train, artifacts / "router"))
-    th = timer.run("calibrate", lambda: adapters.calibrate(state_cfg, cal, artifacts / "thresholds.json"))
     router = adapters.load_router(state_cfg, artifacts / "router")
-    return router, th
+    policy = timer.run("calibrate", lambda: adapters.calibrate(state_cfg, cal, artifacts, router=router))
+    return router, policy
 
 
 def evaluate_both(cfg: EnsembleConfig, cal: list[MatrixRow], test: list[MatrixRow], router: Any, th: Any,
@@ -347,6 +352,7 @@ def _record(round_no: int, strategy: str, status: str, reason: str | None, state
         "round": round_no, "strategy": strategy, "status": status, "reason": reason,
         "quality_ratio": test.get("quality_ratio"), "cost_ratio": test.get("cost_ratio"),
         "cheap_share": test.get("cheap_share"), "top_share": test.get("top_share"),
+        "certified": test.get("certified"),
         "cal": {k: state.cal_eval.get(k) for k in ("quality_ratio", "cost_ratio", "cheap_share", "top_share")},
         "seconds": {s: timer.seconds.get(s, 0.0) for s in STAGES},
     }
@@ -413,30 +419,46 @@ def optimize(
     _write_loop(out, loop_doc)
     if on_round:
         on_round(rows[0])
-    for strategy in opts.strategies:
+    lock = threading.Lock()  # rows, loop.json and serving/ are shared by the chains
+
+    def chain(strategy: str) -> None:
         state = base
         for n in range(1, opts.rounds + 1):
             say(f"[bold]round {n} ({strategy})[/]")
             rd = out / "rounds" / strategy / f"round-{n}"
             rec, new_state = run_round(config, state, strategy, n, rd, opts, held_out, embed=embed,
                                        bar=bar, progress=progress, say=say)
-            rows.append(rec)
-            if on_round:
-                on_round(rec)
-            if new_state is None:
+            with lock:
+                rows.append(rec)
+                if on_round:
+                    on_round(rec)
+                if new_state is None:
+                    _write_loop(out, loop_doc)
+                    break
+                if strategy == primary:
+                    promote(new_state.artifacts, out / "serving", {"round": n, "strategy": strategy})
+                    if opts.store is not None:
+                        register_in_store(opts.store, new_state.artifacts, new_state.config, n, strategy)
+                gain = state.cal_eval["cost_ratio"] - new_state.cal_eval["cost_ratio"]
+                state = new_state
+                if gain < opts.epsilon:
+                    rec["stop"] = f"cost-ratio gain {gain:.4f} on the calibration split < epsilon {opts.epsilon}"
                 _write_loop(out, loop_doc)
-                break
-            if strategy == primary:
-                promote(new_state.artifacts, out / "serving", {"round": n, "strategy": strategy})
-                if opts.store is not None:
-                    register_in_store(opts.store, new_state.artifacts, new_state.config, n, strategy)
-            gain = state.cal_eval["cost_ratio"] - new_state.cal_eval["cost_ratio"]
-            state = new_state
-            _write_loop(out, loop_doc)
             if gain < opts.epsilon:
-                rec["stop"] = f"cost-ratio gain {gain:.4f} on the calibration split < epsilon {opts.epsilon}"
-                _write_loop(out, loop_doc)
                 break
+
+    if opts.parallel and len(opts.strategies) > 1:
+        # each chain is mostly single-threaded model work (LoRA steps, a 1-thread
+        # CTranslate2 re-label), so on a multi-core machine the chains overlap
+        with ThreadPoolExecutor(max_workers=len(opts.strategies), thread_name_prefix="loop") as pool:
+            for f in [pool.submit(chain, s) for s in opts.strategies]:
+                f.result()
+    else:
+        for strategy in opts.strategies:
+            chain(strategy)
+    order = {s: i for i, s in enumerate(("baseline", *opts.strategies))}
+    rows.sort(key=lambda r: (order.get(r["strategy"], 99), r["round"]))
+    _write_loop(out, loop_doc)
     return rows
 
 

@@ -28,7 +28,8 @@ def check_log_level(value: str, option: str = "--log-level") -> str:
 def serve(
     config: Path = typer.Option(..., "--config", "-c", help="ensemble config YAML"),
     router: Optional[Path] = typer.Option(None, "--router", help="trained router directory"),
-    thresholds: Optional[Path] = typer.Option(None, "--thresholds", help="thresholds JSON"),
+    thresholds: Optional[Path] = typer.Option(None, "--thresholds", help="per-tier thresholds JSON (or a policy JSON)"),
+    policy: Optional[Path] = typer.Option(None, "--policy", help="certified policy JSON from `routenlp calibrate` (the default rule; default: cascade.policy)"),
     host: Optional[str] = typer.Option(None, "--host", help="default: server.host"),
     port: Optional[int] = typer.Option(None, "--port", "-p", min=1, max=65535,
                                        help="default: server.port"),
@@ -40,6 +41,11 @@ def serve(
                                           help="Ray cluster address with --ray"),
 ) -> None:
     """Serve the routed, OpenAI-compatible gateway (model=routenlp routes; a tier name pins)."""
+    if policy is not None and thresholds is not None:
+        from routenlp.errors import DataError
+
+        raise DataError("--policy and --thresholds are two accept rules: give one")
+    thresholds = policy or thresholds
     if ray or address:  # hook: Ray Serve deployment (routenlp.scale.serve)
         from routenlp.scale.serve import serve_cli
 

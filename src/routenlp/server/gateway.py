@@ -88,6 +88,7 @@ class ReloadBody(BaseModel):
 
     router: str | None = None
     thresholds: str | None = None
+    policy: str | None = None  # a certified policy JSON; same slot as thresholds
 
 
 def _retry(seconds: float) -> dict[str, str]:
@@ -284,8 +285,10 @@ def create_app(config: EnsembleConfig, state: ServingState | Runtime, *,
         raw = await request.body()
         body = _parse_model(raw, ReloadBody) if raw.strip() else ReloadBody()
         try:
+            if body.policy is not None and body.thresholds is not None:
+                raise ApiError(400, "give policy or thresholds, not both", code="bad_request")
             new = await run_in_threadpool(runtime.reload, router=body.router,
-                                          thresholds=body.thresholds)
+                                          thresholds=body.policy or body.thresholds)
         except RouteNLPError as err:
             raise ApiError(409, f"reload refused, still serving the previous artifacts: "
                            f"{err.message}", code="bad_artifact") from None

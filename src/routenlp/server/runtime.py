@@ -1,7 +1,8 @@
 """What the gateway serves: the Cascade built from the config plus its artifacts.
 
 ALL artifact loading is here, in `ServingState.load(config, router=..., thresholds=...)`:
-the router directory, the thresholds JSON (and, when it lands, the certified policy). A
+the router directory and the accept rule: a certified policy JSON (served by default) or
+per-tier thresholds JSON, in one slot, told apart by content. A
 state is immutable once built; `Runtime.reload` builds a new one and swaps it in with one
 assignment, so a request runs start to finish on one consistent set of artifacts, and a
 bad artifact raises before anything is swapped (the old state keeps serving).
@@ -190,7 +191,20 @@ class ServingState:
                                   f"({type(err).__name__}: {err})") from None
         else:
             missing.append("router")
-        if thr_path:
+        policy = None
+        if not thr_path and config.cascade.policy:
+            thr_path = config.cascade.policy
+        if thr_path and is_policy_file(thr_path):
+            from routenlp.conformal.certify import PolicyArtifact
+
+            policy = PolicyArtifact.load(thr_path)
+            unknown = sorted(set(policy.maps) - set(config.task_names))
+            if unknown:
+                raise ConfigError(f"policy file {thr_path}: unknown task(s) {unknown}; "
+                                  f"known tasks: {config.task_names}")
+            thr = None
+            mode = "routed:certified" if policy.certificate.certified else "routed:certified-fallback"
+        elif thr_path:
             thr = Thresholds.load(thr_path)
             unknown = sorted({t for t, _, _ in thr.pairs() if t not in config.task_names})
             if unknown:
@@ -207,6 +221,7 @@ class ServingState:
             guarded,  # type: ignore[arg-type]
             router=router_obj,
             thresholds=thr,
+            policy=policy,
             sla_aware=config.cascade.sla_aware,
             store=store,
             request_builder=gateway_request_builder(),
@@ -218,6 +233,16 @@ class ServingState:
     def describe(self) -> dict[str, Any]:
         return {"mode": self.mode, "router": self.router_path, "thresholds": self.thresholds_path,
                 "missing": list(self.missing)}
+
+
+def is_policy_file(path: str | Path) -> bool:
+    """Whether an accept-rule file is a certified policy artifact (`routenlp calibrate
+    --policy certified`) rather than per-tier thresholds: both go in the same slot."""
+    from routenlp.paths import read_json_file
+
+    raw = read_json_file(path, "accept-rule file (thresholds or policy JSON)",
+                         hint="create it with `routenlp calibrate ... --out FILE`")
+    return isinstance(raw, dict) and raw.get("kind") == "certified"
 
 
 class Runtime:

@@ -104,7 +104,11 @@ class TaskSpec:
         """
         query = str(query)
         if fewshot is None:
-            fewshot = self.default_fewshot
+            fewshot = (
+                self.similar_fewshot(query)
+                if self.task.fewshot_select == "similar"
+                else self.default_fewshot
+            )
         shots = [(str(x), self.reference_text(y)) for x, y in fewshot]
         instruction = self.instruction
         if self.task.prompt:
@@ -120,6 +124,56 @@ class TaskSpec:
             id=id,
         )
 
+    def _train_examples(self) -> list[dict[str, Any]]:
+        """The task's train rows (few-shot source); none when it has no train data."""
+        from routenlp.errors import RouteNLPError
+        from routenlp.workloads import task_rows
+
+        try:
+            rows = task_rows(self.task, "train")
+        except (RouteNLPError, OSError):
+            return []
+        cap = self.task.fewshot_max_difficulty
+        if cap is not None:
+            rows = [r for r in rows if float(r.get("difficulty") or 0.0) <= cap]
+        return rows
+
+    @functools.cached_property
+    def _similar_index(self) -> tuple[Any, Any, list[dict[str, Any]]] | None:
+        """TF-IDF over the train inputs (word 1-2 grams): cheap, deterministic, no model."""
+        rows = [r for r in self._train_examples() if str(r.get("input", "")).strip()]
+        if not rows:
+            return None
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, lowercase=True)
+        mat = vec.fit_transform([str(r["input"]) for r in rows])
+        return vec, mat, rows
+
+    def similar_fewshot(self, query: str) -> list[tuple[str, Any]]:
+        """The `task.fewshot` train examples most similar to `query`, nearest last.
+
+        Retrieved demonstrations are how a 135M-parameter model gets routine requests
+        right (it copies the format, and often the answer, of a near-identical example);
+        a request unlike anything in train data gets weak examples and fails, which is
+        the difficulty signal routing lives on. A train row identical to the query is
+        never shown (no answer leak when a train row is itself being labelled)."""
+        k = self.task.fewshot
+        index = self._similar_index
+        if k <= 0 or index is None:
+            return []
+        vec, mat, rows = index
+        sims = (mat @ vec.transform([query]).T).toarray().ravel()
+        order = sorted(range(len(rows)), key=lambda i: (-sims[i], str(rows[i].get("id", i))))
+        picked: list[int] = []
+        for i in order:
+            if str(rows[i]["input"]).strip() == query.strip():
+                continue
+            picked.append(i)
+            if len(picked) == k:
+                break
+        return [(rows[i]["input"], rows[i].get("reference")) for i in reversed(picked)]
+
     @functools.cached_property
     def default_fewshot(self) -> list[tuple[str, Any]]:
         """`task.fewshot` short, easy train examples (distinct labels for classification).
@@ -130,13 +184,7 @@ class TaskSpec:
         k = self.task.fewshot
         if k <= 0:
             return []
-        from routenlp.errors import RouteNLPError
-        from routenlp.workloads import task_rows
-
-        try:
-            rows = task_rows(self.task, "train")
-        except (RouteNLPError, OSError):
-            return []
+        rows = self._train_examples()
         rows = sorted(rows, key=lambda r: (float(r.get("difficulty", 0.0)), len(r["input"]), str(r["id"])))
         shots: list[tuple[str, Any]] = []
         seen: set[str] = set()

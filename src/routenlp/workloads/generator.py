@@ -3,7 +3,7 @@
 Same task names and file format as the shared datasets (fin_ner, fin_summ, cs_intent,
 cs_reply, legal_clause, legal_risk), so everything that runs on real data runs on this
 embedded default too, with no download. Rows carry a `difficulty` in [0, 1] drawn from a
-heavy-tailed mix (about 75% routine, 10% medium, 15% hard; exact counts per split), and
+mix with a heavy hard tail (45% routine, 20% medium, 35% hard; exact counts per split), and
 each grammar turns difficulty into harder inputs: more entities, distractors, negation,
 longer text, rarer labels.
 
@@ -33,9 +33,9 @@ RowMaker = Callable[[random.Random, float], dict[str, Any]]
 
 # bucket -> (share of rows, difficulty range)
 DIFFICULTY_MIX: dict[str, tuple[float, tuple[float, float]]] = {
-    "routine": (0.75, (0.02, 0.45)),
-    "medium": (0.10, (0.45, 0.70)),
-    "hard": (0.15, (0.70, 0.99)),
+    "routine": (0.45, (0.02, 0.45)),
+    "medium": (0.20, (0.45, 0.70)),
+    "hard": (0.35, (0.70, 0.99)),
 }
 DEFAULT_SEED = 13
 DEFAULT_N_TRAIN = 300

@@ -1,0 +1,124 @@
+"""`routenlp demo --preset tiny` end to end with the real local models (slow: a few minutes).
+
+Asserts structure and consistency, not quality: 12 rows per task are too few for a
+certificate or a useful round. Checked: always-top costs exactly 1.0, every served cost is
+the sum of the costs of every tier the cascade tried, the files a user is pointed at exist,
+the report references every plot it wrote, and headless Chromium renders it non-blank.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from routenlp.cli import app
+from routenlp.matrix import read_matrix
+
+pytestmark = [pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def demo_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("demo")
+    result = CliRunner().invoke(
+        app,
+        ["demo", "--preset", "tiny", "--out", str(out), "--config", str(REPO / "examples/local-cpu.yaml"), "--json"],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output[-3000:]
+    return out
+
+
+def _served_matrix(out: Path) -> dict[str, object]:
+    meta = json.loads((out / "loop" / "serving.json").read_text())
+    if meta["round"] == 0:
+        path = out / "matrix_test.jsonl"
+    else:
+        path = out / "loop" / "rounds" / meta["strategy"] / f"round-{meta['round']}" / "matrices" / "test.jsonl"
+    return {r.id: r for r in read_matrix(path)}
+
+
+def test_files_a_user_is_pointed_at_exist(demo_out: Path) -> None:
+    for name in ("results.json", "results_before.json", "rounds.json", "report.html", "summary.json",
+                 "policy.json", "per_query.jsonl", "matrix.jsonl", "loop/loop.json"):
+        assert (demo_out / name).is_file(), name
+    summary = json.loads((demo_out / "summary.json").read_text())
+    assert summary["preset"] == "tiny"
+    assert summary["summary"].startswith("On ")
+    assert summary["seconds"]["total"] > 0
+    tasks = {m["task"] for m in summary["meets_tau"]}
+    assert len(tasks) == 6
+    assert all(0.0 <= m["meets_tau"] <= 1.0 for m in summary["meets_tau"])
+
+
+def test_always_top_costs_one_and_ratios_are_against_it(demo_out: Path) -> None:
+    for name in ("results.json", "results_before.json"):
+        res = json.loads((demo_out / name).read_text())
+        top = res["tiers"][-1]
+        assert res["reference"] == top
+        always_top = res["systems"][f"always-{top}"]
+        assert always_top["cost_ratio"] == pytest.approx(1.0)
+        assert always_top["quality_ratio"] == pytest.approx(1.0)
+        for sys_name, m in res["systems"].items():
+            assert 0.0 <= m["cost_ratio"] <= 1.0 + 1e-9 or sys_name.startswith("routenlp-all"), sys_name
+
+
+def test_cascade_costs_include_every_tier_tried(demo_out: Path) -> None:
+    matrix = _served_matrix(demo_out)
+    rows = [json.loads(x) for x in (demo_out / "per_query.jsonl").read_text().splitlines()]
+    served = [r for r in rows if r["system"] == "routenlp"]
+    assert served and len(served) == len(matrix)
+    escalated = 0
+    for r in served:
+        m = matrix[r["id"]]
+        tried = r["tiers_tried"]
+        assert tried[-1] == r["served_tier"]
+        expected = sum(m.outcomes[t].cost or 0.0 for t in tried)
+        assert r["cost"] == pytest.approx(expected, rel=1e-6, abs=1e-12), (r["id"], tried)
+        escalated += len(tried) > 1
+    # automix / frugalgpt cascades: same accounting
+    for r in (x for x in rows if x["system"] == "frugalgpt"):
+        m = matrix[r["id"]]
+        assert r["cost"] == pytest.approx(sum(m.outcomes[t].cost or 0.0 for t in r["tiers_tried"]), rel=1e-6, abs=1e-12)
+
+
+def test_rounds_json_has_both_strategies(demo_out: Path) -> None:
+    rounds = json.loads((demo_out / "rounds.json").read_text())
+    assert rounds[0]["strategy"] == "baseline" and rounds[0]["round"] == 0
+    assert {r["strategy"] for r in rounds[1:]} == {"targeted", "random"}
+    for r in rounds:
+        assert r["status"] in ("accepted", "rejected", "stopped")
+        assert r["quality_ratio"] is None or math.isfinite(r["quality_ratio"])
+
+
+def test_report_references_every_plot(demo_out: Path) -> None:
+    from routenlp.report import referenced_images
+
+    html = (demo_out / "report.html").read_text()
+    assert "Closed loop" in html and "simulated frontier" in html
+    refs = referenced_images(demo_out / "report.html")
+    assert refs, "the report references no plot"
+    assert all(p.is_file() for p in refs)
+    written = sorted((demo_out / "plots").glob("*.png"))
+    assert sorted(p.resolve() for p in refs) == [p.resolve() for p in written]
+
+
+def test_report_renders_non_blank_in_headless_chromium(demo_out: Path, tmp_path: Path) -> None:
+    from routenlp.errors import RouteNLPError
+    from routenlp.report import find_chromium, nonblank, screenshot
+
+    try:
+        find_chromium()
+    except RouteNLPError as err:
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip(f"no chromium ({err}); `make setup-browser` installs Debian's package")
+    png = screenshot(demo_out / "report.html", tmp_path / "report.png")
+    assert nonblank(png) > 0.02
