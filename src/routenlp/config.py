@@ -214,6 +214,16 @@ class CascadeConfig(_Strict):
     policy: str | None = Field(
         None, description="certified policy artifact JSON (`routenlp calibrate --policy certified`)"
     )
+    certify_loss: Literal["regret", "bar"] = Field(
+        "regret",
+        description="what the certificate bounds per request: regret = (q_top - q_served)+; "
+        "bar = 1[the top meets the task's tau and the served answer does not]",
+    )
+    guarantee: Literal["high-probability", "expected"] = Field(
+        "high-probability",
+        description="high-probability: P(mean loss > alpha) <= delta (LTT); expected: "
+        "E[mean loss] <= alpha (conformal risk control; needs far fewer calibration rows)",
+    )
     online_state: str | None = Field(
         None, description="online lambda state file shared by the server's workers (locked)"
     )

@@ -199,3 +199,24 @@ def test_per_task_refuses_small_tasks_with_the_n_needed(config: EnsembleConfig) 
     assert "tiny: 6.2%" in art.certificate.population
     assert art.theta_for("qa") == art.per_task["qa"].theta
     assert isinstance(art.theta_for("qa"), Theta)
+
+
+def test_bar_loss_counts_misses_of_tau_where_the_top_meets_it(config: EnsembleConfig) -> None:
+    from routenlp.conformal.certify import replay_evaluator, task_alphas
+
+    rows = synthetic_rows(300, 3)
+    art = calibrate_policy(config, rows, router=BatchRouter(), quality_target=0.9, loss="bar",
+                           biases=[0.0], lambdas=(0.0, 1.0))
+    assert art.certificate.measure == "bar"
+    assert "miss their task's tau" in art.certificate.plain()
+    # alpha_t = (1 - Q) * share of rows where the top meets tau (not its mean quality)
+    meets = np.mean([(r.quality("T3") or 0.0) >= 0.5 for r in rows])
+    assert task_alphas(rows, {"qa": ["T1", "T2", "T3"]}, 0.9, loss="bar", taus={"qa": 0.5})["qa"] == pytest.approx(0.1 * meets)
+    # lambda = 1 accepts the router's tier (T2 at b = 0): loss = 1[top >= tau > T2]
+    loss, _ = replay_evaluator(config, rows, art, router=BatchRouter(), loss="bar")(Theta(b=0.0, lam=1.0))
+    expected = [float((r.quality("T3") or 0) >= 0.5 and (r.quality("T2") or 0) < 0.5) for r in rows]
+    assert set(np.unique(loss)) <= {0.0, 1.0}
+    assert loss.tolist() == expected
+    # lambda = 0 (always the top): no miss by construction
+    loss0, _ = replay_evaluator(config, rows, art, router=BatchRouter(), loss="bar")(Theta(b=0.0, lam=0.0))
+    assert loss0.sum() == 0

@@ -131,3 +131,48 @@ __all__ = [
     "paired_bootstrap",
     "ratio_points",
 ]
+
+
+def default_point_intervals(
+    rows: list[Mapping[str, object]],
+    reference: str,
+    *,
+    resamples: int = N_RESAMPLES,
+    seed: int = 13,
+    level: float = LEVEL,
+) -> dict[str, dict[str, list[float | None]]]:
+    """Paired-bootstrap intervals of each system's quality and cost ratio at its default
+    point, from `EvalResults.per_query_rows()` (one row per system and test query): the
+    main table's "(quality, cost) with intervals" next to the matched numbers above."""
+    by_sys: dict[str, dict[str, tuple[float, float]]] = {}
+    for r in rows:
+        q = r.get("quality")
+        by_sys.setdefault(str(r["system"]), {})[str(r["id"])] = (
+            float(q) if isinstance(q, (int, float)) and np.isfinite(q) else 0.0,
+            float(r.get("cost") or 0.0),  # type: ignore[arg-type]
+        )
+    if reference not in by_sys:
+        return {}
+    ids = sorted(by_sys[reference])
+    n = len(ids)
+    if n == 0:
+        return {}
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(resamples, n))
+
+    def arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
+        got = by_sys[name]
+        return (np.array([got.get(i, (0.0, 0.0))[0] for i in ids]),
+                np.array([got.get(i, (0.0, 0.0))[1] for i in ids]))
+
+    ref_q, ref_c = arrays(reference)
+    rq, rc = ref_q[idx].mean(axis=1), ref_c[idx].mean(axis=1)
+    out: dict[str, dict[str, list[float | None]]] = {}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for name in by_sys:
+            q, c = arrays(name)
+            out[name] = {
+                "quality_ratio": _interval(np.where(rq > 0, q[idx].mean(axis=1) / rq, np.nan), level),
+                "cost_ratio": _interval(np.where(rc > 0, c[idx].mean(axis=1) / rc, np.nan), level),
+            }
+    return out

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 
 ARTIFACT_VERSION = 1
 Guarantee = Literal["high-probability", "expected"]
+CertLoss = Literal["regret", "bar"]
 LossKind = Literal["binary", "bounded"]
 DEFAULT_LAMBDAS: tuple[float, ...] = tuple(round(x, 3) for x in np.linspace(0.0, 1.0, 21))
 
@@ -168,22 +169,30 @@ class Certificate(BaseModel):
     front: int = 0
     n_certified: int = 0
     message: str | None = None
+    measure: CertLoss = "regret"  # what the per-request loss is (see replay_evaluator)
+
+    @property
+    def what(self) -> str:
+        """The bounded quantity in words."""
+        if self.measure == "bar":
+            return "the share of requests that miss their task's tau where the top tier meets it"
+        return "mean regret vs the top tier"
 
     def plain(self) -> str:
         """The guarantee in plain words (CLI, reports)."""
         if not self.certified:
             return (
-                f"no policy cheaper than always the top tier could be certified at mean regret "
+                f"no policy cheaper than always the top tier could be certified at {self.what} "
                 f"<= {self.alpha:.3g} (delta {self.delta:g}, n_B={self.n_B}); serving the "
                 "ladder top" + (f": {self.message}" if self.message else "")
             )
         if self.guarantee == "expected":
             return (
-                f"in expectation over calibration sets, mean regret vs the top tier <= "
+                f"in expectation over calibration sets, {self.what} <= "
                 f"{self.alpha:.3g} on traffic like the calibration set ({self.theta.label()})"
             )
         return (
-            f"with probability >= {1 - self.delta:.0%}, mean regret vs the top tier <= "
+            f"with probability >= {1 - self.delta:.0%}, {self.what} <= "
             f"{self.alpha:.3g} on traffic like the calibration set ({self.theta.label()})"
         )
 
@@ -584,13 +593,19 @@ def fit_maps(
 
 
 def task_alphas(
-    rows: Sequence[MatrixRow], ladders: Mapping[str, Sequence[str]], quality_target: float
+    rows: Sequence[MatrixRow], ladders: Mapping[str, Sequence[str]], quality_target: float,
+    *, loss: CertLoss = "regret", taus: Mapping[str, float] | None = None,
 ) -> dict[str, float]:
-    """alpha_t = (1 - Q) * mean quality of the task's top on `rows` (train rows)."""
+    """alpha_t = (1 - Q) * mean quality of the task's top on `rows` (train rows); for the
+    `bar` loss, (1 - Q) * the share of rows on which the top meets the task's tau."""
     out: dict[str, float] = {}
     for task, ladder in ladders.items():
         qs = [quality_of(r, ladder[-1]) for r in rows if r.task == task]
-        top_q = float(np.mean(qs)) if qs else 1.0
+        if loss == "bar":
+            tau = (taus or {}).get(task, 1.0)
+            top_q = float(np.mean([q >= tau - 1e-9 for q in qs])) if qs else 1.0
+        else:
+            top_q = float(np.mean(qs)) if qs else 1.0
         out[task] = max(1e-6, (1.0 - quality_target) * top_q)
     return out
 
@@ -604,8 +619,12 @@ def replay_evaluator(
     estimator: QualityEstimator | None = None,
     latency: Mapping[str, float] | None = None,
     sla_aware: bool = True,
+    loss: CertLoss = "regret",
 ) -> Evaluator:
-    """theta -> (regret, cost) per row from the REAL `Cascade.run` over replay tiers."""
+    """theta -> (loss, cost) per row from the REAL `Cascade.run` over replay tiers.
+
+    `regret`: (q_top - q_served)+ in [0, 1]. `bar`: 1[the top meets the task's tau and the
+    served answer does not], the miss rate of the quality bar the user set per task."""
     from routenlp.bench.routenlp_eval import _FixedBiasRouter, _request_builder
     from routenlp.cascade import Cascade
     from routenlp.errors import TierError
@@ -619,6 +638,12 @@ def replay_evaluator(
         return artifact.ladders.get(task, [config.tiers_for(task)[-1].name])[-1]
 
     q_top = np.array([quality_of(r, top_of(r.task)) for r in rows])
+    tau = np.array([config.task(r.task).tau for r in rows]) if loss == "bar" else None
+
+    def row_loss(i: int, served: float) -> float:
+        if tau is not None:
+            return float(q_top[i] >= tau[i] - 1e-9 and served < tau[i] - 1e-9)
+        return min(1.0, max(0.0, q_top[i] - served))
 
     def evaluate(theta: Theta) -> tuple[np.ndarray, np.ndarray]:
         rt = None
@@ -638,11 +663,11 @@ def replay_evaluator(
                 res = cascade.run(r.task, r.prompt, id=r.id)
             except TierError as err:
                 cost[i] = float(sum(s.get("cost") or 0.0 for s in getattr(err, "steps", [])))
-                loss[i] = max(0.0, q_top[i])
+                loss[i] = row_loss(i, 0.0)
                 continue
             q = res.generation.quality
             served = 0.0 if q is None or not res.generation.ok or math.isnan(q) else float(q)
-            loss[i] = min(1.0, max(0.0, q_top[i] - served))
+            loss[i] = row_loss(i, served)
             cost[i] = float(res.total_cost)
         return loss, cost
 
@@ -700,6 +725,7 @@ def calibrate_policy(
     sla_aware: bool = True,
     evaluator: Evaluator | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    loss: CertLoss = "regret",
 ) -> PolicyArtifact:
     """Fit the maps on train rows (else on split A), Pareto-test on A/B, return the artifact.
 
@@ -733,7 +759,10 @@ def calibrate_policy(
     maps, signals = fit_maps(config, fit_rows, ladders, estimator=estimator)
     if lambdas is None:
         lambdas = lambda_grid(maps)
-    alphas = task_alphas(train_rows or rows, ladders, quality_target)
+    if loss not in ("regret", "bar"):
+        raise DataError(f"certificate loss must be 'regret' or 'bar', got {loss!r}")
+    alphas = task_alphas(train_rows or rows, ladders, quality_target, loss=loss,
+                         taus={t: config.task(t).tau for t in set(tasks)})
     if biases is None:
         if router is None:
             biases = [None]
@@ -751,7 +780,7 @@ def calibrate_policy(
                          config_hash=config.hash())
     if evaluator is None:
         evaluator = replay_evaluator(config, rows, art, router=router, estimator=estimator,
-                                     latency=latency, sla_aware=sla_aware)
+                                     latency=latency, sla_aware=sla_aware, loss=loss)
     cache: dict[Theta, tuple[np.ndarray, np.ndarray]] = {}
     done = [0]
 
@@ -768,7 +797,8 @@ def calibrate_policy(
     )
     sel = certify(thetas, counted, tasks, alpha=pooled_alpha, delta=delta, guarantee=guarantee,
                   split=(ia, ib), cache=cache)
-    art = art.model_copy(update={"theta": sel.theta, "certificate": sel.certificate})
+    art = art.model_copy(update={"theta": sel.theta,
+                                 "certificate": sel.certificate.model_copy(update={"measure": loss})})
     if per_task:
         tarr = np.asarray(tasks, dtype=object)
         in_b = np.zeros(len(rows), dtype=bool)
@@ -786,7 +816,8 @@ def calibrate_policy(
                 continue
             s = certify(thetas, counted, tasks, alpha=a_t, delta=delta, guarantee=guarantee,
                         split=(t_a, t_b), cache=cache)
-            art.per_task[t] = TaskPolicy(theta=s.theta, certificate=s.certificate)
+            art.per_task[t] = TaskPolicy(theta=s.theta,
+                                         certificate=s.certificate.model_copy(update={"measure": loss}))
     art = art.model_copy(update={"reject_rate": _reject_rates(config, rows, art, estimator)})
     art.meta["table"] = sel.table
     art.meta["pooled_alpha"] = pooled_alpha

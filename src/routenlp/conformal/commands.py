@@ -123,8 +123,14 @@ def register(app: typer.Typer) -> None:
             0.97, "--quality-target", help="certified: alpha_t = (1 - Q) * mean train quality of the top"
         ),
         delta: float = typer.Option(0.1, "--delta", help="certified: P(mean regret > alpha) <= delta"),
-        guarantee: str = typer.Option(
-            "high-probability", "--guarantee", help="certified: high-probability (LTT) or expected (CRC)"
+        guarantee: str | None = typer.Option(
+            None, "--guarantee",
+            help="certified: high-probability (LTT) or expected (CRC); default: cascade.guarantee",
+        ),
+        loss: str | None = typer.Option(
+            None, "--loss",
+            help="certified: regret ((q_top - q_served)+) or bar (misses tau where the top meets "
+            "it); default: cascade.certify_loss",
         ),
         per_task: bool = typer.Option(False, "--per-task", help="certified: certify each task alone"),
         seed: int = typer.Option(0, "--seed", help="certified: seed of the A/B split"),
@@ -144,7 +150,8 @@ def register(app: typer.Typer) -> None:
         if kind == "certified":
             _certify_cmd(cfg, rows, matrix=matrix, out=out, router=router, estimator=estimator,
                          train_matrix=train_matrix, quality_target=quality_target, alpha=alpha,
-                         delta=delta, guarantee=guarantee, per_task=per_task, seed=seed,
+                         delta=delta, guarantee=guarantee or cfg.cascade.guarantee,
+                         loss=loss or cfg.cascade.certify_loss, per_task=per_task, seed=seed,
                          json_out=json_out)
             return
         a = alpha if alpha is not None else (cfg.cascade.alpha if config else 0.05)
@@ -225,7 +232,7 @@ def _certify_cmd(
     cfg: object, rows: list, *, matrix: Path, out: Path, router: Path | None,
     estimator: Path | None, train_matrix: Path | None, quality_target: float,
     alpha: float | None, delta: float, guarantee: str, per_task: bool, seed: int,
-    json_out: Path | None,
+    json_out: Path | None, loss: str = "regret",
 ) -> None:
     """`calibrate --policy certified`: replay the real Cascade, Pareto-test, write the artifact."""
     from routenlp.bench.harness import prepare_rows
@@ -237,6 +244,8 @@ def _certify_cmd(
     assert isinstance(cfg, EnsembleConfig)
     if guarantee not in ("high-probability", "expected"):
         raise ConfigError(f"--guarantee must be high-probability or expected, got {guarantee!r}")
+    if loss not in ("regret", "bar"):
+        raise ConfigError(f"--loss must be regret or bar, got {loss!r}")
     if not 0 < delta < 1:
         raise ConfigError(f"--delta must be in (0, 1), got {delta}")
     if not 0 < quality_target < 1:
@@ -260,7 +269,7 @@ def _certify_cmd(
         art = calibrate_policy(
             cfg, cal, router=rt, estimator=est, train_rows=train, quality_target=quality_target,
             alpha=alpha, delta=delta, guarantee=guarantee, per_task=per_task, seed=seed,  # type: ignore[arg-type]
-            progress=tick,
+            progress=tick, loss=loss,  # type: ignore[arg-type]
         )
     art.meta.update({"matrix": str(matrix), "router": str(router) if router else None,
                      "estimator": str(estimator) if estimator else None})

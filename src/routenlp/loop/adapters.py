@@ -85,7 +85,8 @@ def calibrate(config: EnsembleConfig, rows: list[MatrixRow], out_dir: Path, *, r
     art = None
     if certified and router is not None:
         art = calibrate_policy(config, rows, router=router, quality_target=config.router.quality_target,
-                               delta=0.1, seed=13)
+                               delta=0.1, seed=13, guarantee=config.cascade.guarantee,
+                               loss=config.cascade.certify_loss)
         art.save(out_dir / "policy.json")
     return ServedPolicy(th, art)
 

@@ -68,7 +68,7 @@ def register(app: typer.Typer) -> None:
         k: str = typer.Option("2:8", "--k", help="k-means k range searched by silhouette, MIN:MAX"),
         max_per_tier: int = typer.Option(64, "--max-per-tier", min=1, help="new examples per tier per round"),
         tiers: str | None = typer.Option(None, "--tiers", help="comma-separated tiers to distil (default: all cheap)"),
-        target_quality: float | None = typer.Option(None, "--target-quality", help="cal quality-ratio bar"),
+        target_quality: float | None = typer.Option(None, "--target-quality", help="cal quality-ratio bar a round must keep (default: min(baseline, router.quality_target) - 0.01)"),
         epochs: int = typer.Option(2, "--epochs", min=1, help="LoRA epochs"),
         lr: float = typer.Option(1e-3, "--lr", help="LoRA learning rate"),
         lora_r: int = typer.Option(8, "--lora-r", min=1, help="LoRA rank"),

