@@ -32,6 +32,8 @@ def demo_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
         mp.setenv("ROUTENLP_DISTILL_CACHE", "0")
         result = _run_demo(out)
     assert result.exit_code == 0, result.output[-3000:]
+    # --json: stdout is the summary object alone (tables and progress went to stderr)
+    assert json.loads(result.stdout)["preset"] == "tiny"
     return out
 
 

@@ -9,6 +9,8 @@ accuracy, under-/over-routing, expected cost, mean quality of the chosen tier).
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -173,7 +175,8 @@ def embed_texts(
         if progress is not None:
             progress.update(task, advance=min(chunk, len(texts) - s))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
+    # a name of its own: two loop chains may embed the same texts at the same time
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp.npy")
     np.save(tmp, out)
     tmp.replace(path)
     return out
