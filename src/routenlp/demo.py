@@ -273,8 +273,8 @@ def register(app: typer.Typer) -> None:
     def demo_cmd(
         preset: str = typer.Option(
             "quick", "--preset",
-            help="tiny (CI smoke test), quick (<= 15 min cold on 2 cores incl. install, a few "
-            "minutes warm) or full (200 rows per task, 3 rounds; prints its estimate first)",
+            help="tiny (CI smoke test), quick (measured on 2 cores: 17 min cold plus the install, "
+            "under a minute warm) or full (200 rows per task, 3 rounds; prints its estimate first)",
         ),
         out: Path = typer.Option(Path("runs/demo"), "--out", help="working directory"),
         config: Path = typer.Option(
