@@ -338,8 +338,7 @@ def _run(cfg: EnsembleConfig, out: Path, p: Preset, seed: int, stage: Any, conso
          progress: Any) -> dict[str, Any]:
     from routenlp.bench.commands import progress_callback, results_table
     from routenlp.bench.harness import evaluate
-    from routenlp.conformal.certify import calibrate_policy
-    from routenlp.conformal import calibrate
+    from routenlp.loop import adapters
     from routenlp.labeling import label_rows, print_summary, summarise
     from routenlp.loop.commands import round_table
     from routenlp.loop.distill import LoraSettings
@@ -422,11 +421,8 @@ def _run(cfg: EnsembleConfig, out: Path, p: Preset, seed: int, stage: Any, conso
     target = cfg.router.quality_target
     console.rule(f"[bold]6. certify the served policy (quality target {target}, delta 0.1, "
                  f"{cfg.cascade.guarantee}, {cfg.cascade.certify_loss} loss)")
-    thresholds = calibrate(cfg, cal, alpha=cfg.cascade.alpha, method=cfg.cascade.method)
-    thresholds.save(out / "thresholds.json")
-    policy = calibrate_policy(cfg, cal, router=router, quality_target=target, delta=0.1, seed=13,
-                              guarantee=cfg.cascade.guarantee, loss=cfg.cascade.certify_loss)
-    policy.save(out / "policy.json")
+    served = adapters.calibrate(cfg, cal, out, router=router)  # the loop's round-0 rule too
+    thresholds, policy = served.thresholds, served.artifact
     cert = policy.certificate
     console.print(("[green]certified[/]: " if cert.certified else "[yellow]not certified[/]: ") + cert.plain())
     stage("certify", t0)
@@ -476,17 +472,18 @@ def _run(cfg: EnsembleConfig, out: Path, p: Preset, seed: int, stage: Any, conso
             from routenlp.conformal.certify import PolicyArtifact
             from routenlp.conformal import Thresholds
 
+            promoted = PolicyArtifact.load(art / "policy.json")
             with progress() as bar:
                 res = evaluate(
                     cfg_after, test_a, router=Router.load(art / "router", cfg_after),
                     thresholds=Thresholds.load(art / "thresholds.json"),
-                    policy=PolicyArtifact.load(art / "policy.json"), baselines="all",
+                    policy=promoted, baselines="all",
                     train_rows=train_a, cal_rows=cal_a, seed=seed, bootstrap=200,
                     matrix_name="built-in workload (local CPU ensemble), after the loop",
                     progress=progress_callback(bar),
                 )
             after = results_with_intervals(res, seed)
-            cert = PolicyArtifact.load(art / "policy.json").certificate
+            cert = promoted.certificate
         else:
             console.print("no round was accepted: serving stays at the baseline")
         stage("re-evaluate", t0)

@@ -73,17 +73,19 @@ class ServedPolicy:
         return None if self.artifact is None else self.artifact.certificate
 
 
-def calibrate(config: EnsembleConfig, rows: list[MatrixRow], out_dir: Path, *, router: Any = None,
-              certified: bool = True) -> ServedPolicy:
-    """Per-tier thresholds (thresholds.json) and, with a router, the certified policy
-    (policy.json) at the config's router.quality_target, delta 0.1."""
+def calibrate(config: EnsembleConfig, rows: list[MatrixRow], out_dir: Path, *, router: Any = None
+              ) -> ServedPolicy:
+    """Per-tier thresholds (thresholds.json, the config's cascade alpha/method/delta_conf)
+    and, with a router, the certified policy (policy.json) at the config's
+    router.quality_target, cascade guarantee and loss, delta 0.1."""
     from routenlp.conformal import calibrate as _calibrate
     from routenlp.conformal.certify import calibrate_policy
 
-    th = _calibrate(config, rows, alpha=config.cascade.alpha)
+    c = config.cascade
+    th = _calibrate(config, rows, alpha=c.alpha, method=c.method, delta_conf=c.delta_conf)
     th.save(out_dir / "thresholds.json")
     art = None
-    if certified and router is not None:
+    if router is not None:
         art = calibrate_policy(config, rows, router=router, quality_target=config.router.quality_target,
                                delta=0.1, seed=13, guarantee=config.cascade.guarantee,
                                loss=config.cascade.certify_loss)
