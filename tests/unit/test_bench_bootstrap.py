@@ -73,3 +73,57 @@ def test_unreachable_numbers_become_open_interval_ends() -> None:
     assert res["weak"][QUALITY_AT_C] == [None, None]  # cheapest point costs 0.5 > 0.16
     with pytest.raises(ValueError):
         PointOutcomes(quality=np.zeros(3), cost=np.zeros(3))
+
+
+# -- paired_change: one system before and after a change on the same queries ------------
+def _one(points: list[tuple[float, float]], u: np.ndarray, noise: np.ndarray) -> PointOutcomes:
+    q = np.stack([(u < p).astype(float) for p, _ in points])
+    c = np.stack([mc * noise for _, mc in points])
+    return PointOutcomes(quality=q, cost=c)
+
+
+def test_paired_change_finds_a_real_saving_and_reports_the_point_values() -> None:
+    from routenlp.bench.bootstrap import paired_change
+
+    rng = np.random.default_rng(3)
+    n = 400
+    u, noise = rng.random(n), 0.5 + rng.random(n)
+    before = _one([(0.60, 0.1), (0.84, 0.5)], u, noise)
+    after = _one([(0.60, 0.05), (0.84, 0.3)], u, noise)  # same answers, cheaper
+    res = paired_change(before, after, _one([(0.84, 0.5)], u, noise), _one([(0.84, 0.3)], u, noise),
+                        (u < REF_P).astype(float), 0.5 + rng.random(n), n_resamples=300, seed=1)
+    m = res[COST_AT_Q]
+    assert m["diff"] == pytest.approx(m["after"] - m["before"])
+    assert m["diff"] < 0 and m["ci"][1] < 0 and m["excludes_zero"]
+    d = res["cost_ratio"]
+    assert d["diff"] < 0 and d["excludes_zero"]
+    q = res["quality_ratio"]  # the same answers: quality unchanged, interval is [0, 0]
+    assert q["diff"] == pytest.approx(0.0) and not q["excludes_zero"]
+
+
+def test_paired_change_does_not_claim_a_change_that_is_noise() -> None:
+    """Before and after drawn from the same system with independent answers: the interval
+    of the change must cover 0 in about 95% of seeded trials (it is a test, so it may miss)."""
+    from routenlp.bench.bootstrap import paired_change
+
+    rng = np.random.default_rng(11)
+    trials, covered = 120, 0
+    pts = [(0.60, 0.1), (0.84, 0.5)]
+    for t in range(trials):
+        n = 200
+        noise = 0.5 + rng.random(n)
+        ub, ua = rng.random(n), rng.random(n)
+        b, a = _one(pts, ub, noise), _one(pts, ua, noise)
+        res = paired_change(b, a, _one(pts[1:], ub, noise), _one(pts[1:], ua, noise),
+                            (rng.random(n) < REF_P).astype(float), noise, n_resamples=200, seed=t)
+        covered += not res[COST_AT_Q]["excludes_zero"]
+    assert covered / trials >= 0.88
+
+
+def test_paired_change_rejects_misaligned_arrays() -> None:
+    from routenlp.bench.bootstrap import paired_change
+
+    a = PointOutcomes(quality=np.ones((1, 5)), cost=np.ones((1, 5)))
+    b = PointOutcomes(quality=np.ones((1, 4)), cost=np.ones((1, 4)))
+    with pytest.raises(ValueError, match="after has 4 queries"):
+        paired_change(a, b, a, a, np.ones(5), np.ones(5))

