@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from routenlp.errors import TierError
-from routenlp.models.loading import HF_LOAD_LOCK, load_pretrained
+from routenlp.models.loading import HF_LOAD_LOCK, hf_classes, load_pretrained
 
 # Tokenizer/config files copied next to the engine weights so the engine dir stands alone.
 TOKENIZER_FILES = (
@@ -67,7 +67,7 @@ def _strip_gguf_quantizer(model: Any) -> None:
 def gguf_to_hf(gguf_path: Path, out_dir: Path) -> Path:
     """De-quantise a GGUF checkpoint into an fp32 HF directory (weights + tokenizer)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    AutoModelForCausalLM, AutoTokenizer = hf_classes("AutoModelForCausalLM", "AutoTokenizer")
 
     gguf_path = Path(gguf_path)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -86,8 +86,9 @@ def gguf_to_hf(gguf_path: Path, out_dir: Path) -> Path:
 def merge_lora(base_hf_dir: Path, adapter_dir: Path, out_dir: Path) -> Path:
     """Merge a PEFT LoRA adapter into fp32 HF weights and save the merged checkpoint."""
     import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    with HF_LOAD_LOCK:  # peft imports transformers: first import under the lock
+        from peft import PeftModel
+    AutoModelForCausalLM, AutoTokenizer = hf_classes("AutoModelForCausalLM", "AutoTokenizer")
 
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():

@@ -219,7 +219,9 @@ class TorchEngine:
         dynamic_int8: bool = False,
     ) -> None:
         import torch
-        from transformers import AutoModelForCausalLM
+        from routenlp.models.loading import hf_classes
+
+        (AutoModelForCausalLM,) = hf_classes("AutoModelForCausalLM")
 
         self.threads = threads or default_threads()
         torch.set_num_threads(self.threads)
@@ -244,7 +246,9 @@ class TorchEngine:
         min_new_tokens: int = 0,
     ) -> list[RawGeneration]:
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
+        from routenlp.models.loading import hf_classes
+
+        StoppingCriteria, StoppingCriteriaList = hf_classes("StoppingCriteria", "StoppingCriteriaList")
 
         if not prompts:
             return []

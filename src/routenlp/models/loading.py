@@ -6,6 +6,10 @@ transformers builds a model inside context managers that patch torch globally (e
 patch and end up with meta tensors ("Cannot copy out of meta tensor") or silently
 uninitialised weights. Loads are rare and seconds long; serialising them costs nothing
 that matters, training and inference still run in parallel.
+
+The first import of transformers is taken under the same lock (`hf_classes`): its lazy
+module is not safe to initialise from two threads at once ("cannot import name
+AutoModelForCausalLM").
 """
 
 from __future__ import annotations
@@ -20,3 +24,11 @@ def load_pretrained(factory: Any, *args: Any, **kwargs: Any) -> Any:
     """`factory.from_pretrained(*args, **kwargs)` under the process-wide load lock."""
     with HF_LOAD_LOCK:
         return factory.from_pretrained(*args, **kwargs)
+
+
+def hf_classes(*names: str) -> tuple[Any, ...]:
+    """transformers' classes by name, imported under the load lock (thread-safe first import)."""
+    with HF_LOAD_LOCK:
+        import transformers
+
+        return tuple(getattr(transformers, n) for n in names)

@@ -351,6 +351,15 @@ def _convert_registry_model(spec: ModelSpec, steps: _Steps) -> Manifest:
         raise
 
 
+def is_converted(name: str, engine: Engine = DEFAULT_ENGINE) -> bool:
+    """Whether a registry model's converted cache looks usable (manifest present and from
+    this source; `pull` still verifies the checksums when it is called)."""
+    spec = get_spec(name)
+    if spec.kind == "encoder":
+        return True
+    return _check_registry_dir(spec, engine, verify=False)[1] is None
+
+
 def pull(
     name: str,
     *,

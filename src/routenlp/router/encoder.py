@@ -101,7 +101,9 @@ class Encoder(CachedEmbedder):
         truncation: str = "head",
     ) -> None:
         import torch
-        from transformers import AutoModel, AutoTokenizer
+        from routenlp.models.loading import hf_classes
+
+        AutoModel, AutoTokenizer = hf_classes("AutoModel", "AutoTokenizer")
 
         if threads:
             torch.set_num_threads(threads)

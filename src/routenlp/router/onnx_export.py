@@ -144,7 +144,9 @@ class OnnxEncoder(CachedEmbedder):
                 "onnxruntime is not installed", hint="pip install onnxruntime, or use --backend torch"
             )
         import onnxruntime as ort
-        from transformers import AutoTokenizer
+        from routenlp.models.loading import hf_classes
+
+        (AutoTokenizer,) = hf_classes("AutoTokenizer")
 
         self.name = name
         self.backend = "onnx-int8" if quantize else "onnx"

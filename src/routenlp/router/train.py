@@ -470,7 +470,9 @@ def reference_quality(labels: LabelSet, reference: str, *, tr_idx_labels: LabelS
 def _raw_input_share(labels: LabelSet, encoder: str) -> dict[str, float]:
     """Distinct encoder inputs per task of the raw prompts cut head-first at the router's
     length: what every learned system saw before featurisation."""
-    from transformers import AutoTokenizer
+    from routenlp.models.loading import hf_classes
+
+    (AutoTokenizer,) = hf_classes("AutoTokenizer")
 
     from routenlp.router.encoder import resolve_encoder_path
     from routenlp.router.onnx_export import ROUTER_MAX_LENGTH
