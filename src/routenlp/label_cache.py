@@ -147,6 +147,9 @@ def tier_fingerprint(
     if t.kind == "local":
         parts["model_identity"] = model_identity(t.model)
         parts["adapter"] = dir_digest(t.adapter) if t.adapter else None
+        from routenlp.tiers.hf_local import COMPLETION_STOPS, END_TOKENS
+
+        parts["decoding"] = {"completion_stops": list(COMPLETION_STOPS), "end_tokens": list(END_TOKENS)}
         if t.adapter and parts["adapter"] is None:
             return None  # a missing adapter: the tier fails, nothing to cache
     elif t.kind == "classifier":

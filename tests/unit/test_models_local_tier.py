@@ -59,7 +59,7 @@ def test_resolve_chat_format_auto() -> None:
     assert resolve_chat_format("auto", True) == "chatml"
     assert resolve_chat_format("auto", False) == "completion"
     assert resolve_chat_format("completion", True) == "completion"
-    assert stop_strings_for("completion") == ["\n\n", "\nInput:"]
+    assert stop_strings_for("completion") == ["\n\n", "\nInput:", "\nOutput:"]
     assert stop_strings_for("chatml") == []
     assert stop_strings_for("chatml", ["###"]) == ["###"]
 

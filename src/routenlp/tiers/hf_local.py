@@ -12,7 +12,8 @@ Prompt formats (`chat_format`):
   Deliberately not the tokenizer's own template: SmolLM2's adds a system prompt that
   ruins greedy output.
 - `completion`: `request.prompt` verbatim (few-shot text for base models); decoding
-  stops at a blank line or a new "Input:" marker.
+  stops at a blank line or a new "Input:" / "Output:" marker (the model starting another
+  few-shot block).
 - `auto`: chatml when the tokenizer knows `<|im_start|>`, else completion.
 
 Tier `options`: `engine` ("ctranslate2" default, or "transformers"), `threads`,
@@ -35,7 +36,7 @@ from routenlp.tiers.base import BaseTier, Generation, Request, Usage, register_t
 
 # Tokens that end an assistant turn in the chat formats of common small models.
 END_TOKENS = ("<|im_end|>", "<|endoftext|>", "<end_of_turn>", "<|eot_id|>", "<|end|>", "</s>", "<eos>")
-COMPLETION_STOPS = ("\n\n", "\nInput:")
+COMPLETION_STOPS = ("\n\n", "\nInput:", "\nOutput:")
 _MAX_ERROR = 300
 
 
