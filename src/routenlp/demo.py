@@ -42,25 +42,33 @@ class Preset:
     max_per_tier: int
     min_cluster: int
     description: str
+    lora_loss: bool = False  # measure the set's loss before/after LoRA (two extra passes)
+    lora_batch: int = 8  # LoRA batch size: at 1 epoch, batch 4 keeps the update count of 2 x 8
 
-    # measured on 2 cores (quick preset): labelling T1-T4 0.8 s per row; one round of both
-    # strategies side by side (LoRA + re-labelling T2) 1.4 s per row; model conversion 2 min
-    LABEL_S_PER_ROW = 0.8
-    ROUND_S_PER_ROW = 1.4
-    SETUP_S = 120.0
+    # measured on 2 cores (quick preset, 288 rows): labelling T1-T4 0.94 s per row; one
+    # round of both strategies side by side: re-labelling T2 0.71 s per row plus LoRA, about
+    # 0.4 s per row per epoch (x1.25 with the loss passes); model conversion and the
+    # classifier heads 100 s
+    LABEL_S_PER_ROW = 0.94
+    RELABEL_S_PER_ROW = 0.71
+    LORA_S_PER_ROW_EPOCH = 0.4
+    SETUP_S = 100.0
 
     def estimate_minutes(self, n_tasks: int) -> float:
         rows = self.n_per_task * n_tasks
-        return (rows * (self.LABEL_S_PER_ROW + self.ROUND_S_PER_ROW * self.rounds) + self.SETUP_S) / 60.0
+        lora = self.LORA_S_PER_ROW_EPOCH * self.epochs * (1.25 if self.lora_loss else 1.0)
+        per_round = self.RELABEL_S_PER_ROW + lora
+        return (rows * (self.LABEL_S_PER_ROW + per_round * self.rounds) + self.SETUP_S) / 60.0
 
 
 PRESETS: dict[str, Preset] = {
     "tiny": Preset("tiny", 12, 60, 1, 1, 8, 3, "CI smoke test: every stage on 12 rows per task; "
                    "too few calibration rows for a certificate"),
-    "quick": Preset("quick", 64, 300, 1, 2, 48, 6, "64 rows per task (174 calibration rows: "
+    "quick": Preset("quick", 48, 300, 1, 1, 48, 6, "48 rows per task (130 calibration rows: "
                     "enough for the config's certificate at quality target 0.97); one round per "
-                    "strategy"),
-    "full": Preset("full", 200, 300, 3, 2, 96, 8, "200 rows per task, up to 3 rounds per strategy"),
+                    "strategy, LoRA one epoch at batch 4", lora_batch=4),
+    "full": Preset("full", 200, 300, 3, 2, 96, 8, "200 rows per task, up to 3 rounds per strategy",
+                   lora_loss=True),
 }
 
 
@@ -168,8 +176,39 @@ def results_with_intervals(res: Any, seed: int) -> dict[str, Any]:
     return doc
 
 
+CHANGE_LABELS = {
+    MATCHED: "cost ratio at quality ratio 0.97",
+    "quality_at_cost_0.16": "quality ratio at cost ratio 0.16",
+    "cost_ratio": "cost ratio (default point)",
+    "quality_ratio": "quality ratio (default point)",
+}
+
+
+def _change_table(change: dict[str, Any], n_test: int) -> Any:
+    from rich.table import Table
+
+    t = Table(title=f"What the promoted round changed for RouteNLP (paired over the same {n_test} test queries)",
+              caption="change = after - before; 95% paired-bootstrap interval of the change (1,000 "
+                      "resamples); * the interval excludes 0; - the curve never reaches that point")
+    for col in ("number", "before", "after", "change [95% CI]"):
+        t.add_column(col, justify="left" if col == "number" else "right")
+
+    def f(x: Any) -> str:
+        return "-" if x is None else f"{x:.3f}"
+
+    for key, label in CHANGE_LABELS.items():
+        c = change.get(key)
+        if not c:
+            continue
+        lo, hi = c["ci"]
+        t.add_row(label, f(c["before"]), f(c["after"]),
+                  f"{f(c['diff'])} [{f(lo)}, {f(hi)}]" + (" *" if c["excludes_zero"] else ""))
+    return t
+
+
 def plain_summary(before: dict[str, Any], after: dict[str, Any], loop: dict[str, Any],
-                  certificate: dict[str, Any] | None, top_label: str) -> str:
+                  certificate: dict[str, Any] | None, top_label: str,
+                  change: dict[str, Any] | None = None) -> str:
     """One paragraph a newcomer can read: what was saved, at what quality, with which guarantee."""
     b, a = _system_row(before, "routenlp"), _system_row(after, "routenlp")
 
@@ -222,7 +261,22 @@ def plain_summary(before: dict[str, Any], after: dict[str, Any], loop: dict[str,
             if b["cost_at_q97"] is not None and a["cost_at_q97"] is not None:
                 text += (f"At equal quality (ratio 0.97 on the cost-quality curve) the cheapest "
                          f"RouteNLP point cost {b['cost_at_q97']:.2f}{ci(b['cost_at_q97_ci'])} before the "
-                         f"loop and {a['cost_at_q97']:.2f}{ci(a['cost_at_q97_ci'])} after. ")
+                         f"loop and {a['cost_at_q97']:.2f}{ci(a['cost_at_q97_ci'])} after")
+                m = (change or {}).get(MATCHED)
+                if m and m.get("diff") is not None and None not in m["ci"]:
+                    lo, hi = m["ci"]
+                    verdict = ("so the round lowered cost at equal quality" if hi < 0 else
+                               "so the round raised cost at equal quality" if lo > 0 else
+                               "so one round on this many test queries does not establish a change")
+                    text += (f"; paired over the same test queries the change is {m['diff']:+.2f} "
+                             f"(95% interval {lo:+.2f} to {hi:+.2f}), {verdict}")
+                text += ". "
+            qc = (change or {}).get("quality_at_cost_0.16")
+            if qc and qc.get("diff") is not None and None not in qc["ci"]:
+                lo, hi = qc["ci"]
+                text += (f"At equal cost (ratio 0.16) its quality ratio went from {qc['before']:.3f} to "
+                         f"{qc['after']:.3f} (paired change {qc['diff']:+.3f}, 95% interval {lo:+.3f} to "
+                         f"{hi:+.3f}{'' if qc['excludes_zero'] else ', not established'}). ")
         else:
             text += f"The closed loop's targeted round was {tgt[0]['status']}: {tgt[0].get('reason')}. "
     return text.strip()
@@ -273,8 +327,9 @@ def register(app: typer.Typer) -> None:
     def demo_cmd(
         preset: str = typer.Option(
             "quick", "--preset",
-            help="tiny (CI smoke test), quick (measured on 2 cores: 17 min cold plus the install, "
-            "under a minute warm) or full (200 rows per task, 3 rounds; prints its estimate first)",
+            help="tiny (CI smoke test), quick (48 rows per task; measured on 2 cores: 12 min cold "
+            "plus the install, under a minute warm) or full (200 rows per task, 3 rounds; prints "
+            "its estimate first)",
         ),
         out: Path = typer.Option(Path("runs/demo"), "--out", help="working directory"),
         config: Path = typer.Option(
@@ -343,7 +398,6 @@ def _run(cfg: EnsembleConfig, out: Path, p: Preset, seed: int, stage: Any, conso
     from routenlp.loop.commands import round_table
     from routenlp.loop.distill import LoraSettings
     from routenlp.loop.rounds import LoopOptions, optimize, table_rows
-    from routenlp.models.registry import pull
     from routenlp.report import write_html
     from routenlp.router.inference import Router
     from routenlp.router.train import report_table, train_router
@@ -363,10 +417,8 @@ def _run(cfg: EnsembleConfig, out: Path, p: Preset, seed: int, stage: Any, conso
 
     t0 = time.perf_counter()
     console.rule("[bold]2. local models (converted once, cached in the user cache directory)")
-    for tier in cfg.tiers:
-        if tier.kind == "local" and tier.model:
-            with progress() as bar:
-                pull(tier.model, progress=bar)
+    models = list(dict.fromkeys(t.model for t in cfg.tiers if t.kind == "local" and t.model))
+    _pull_side_by_side(models, console, progress)
     stage("models", t0)
 
     t0 = time.perf_counter()
@@ -437,6 +489,8 @@ def _run(cfg: EnsembleConfig, out: Path, p: Preset, seed: int, stage: Any, conso
             progress=progress_callback(bar),
         )
     before = results_with_intervals(res, seed)
+    res_before = res
+    change: dict[str, Any] | None = None
     res.write_per_query(out / "per_query_before.jsonl")
     write_json_file(out / "results_before.json", before)
     console.print(results_table(before))
@@ -452,7 +506,8 @@ def _run(cfg: EnsembleConfig, out: Path, p: Preset, seed: int, stage: Any, conso
             rounds=p.rounds, strategies=("targeted", "random"), seed=seed, tiers=_cheap_tiers(cfg),
             max_per_tier=p.max_per_tier, min_cluster=p.min_cluster, parallel=True,
             # one torch thread per chain: the two chains run side by side on 2 cores
-            lora=LoraSettings(epochs=p.epochs, seed=seed, threads=1),
+            lora=LoraSettings(epochs=p.epochs, batch_size=p.lora_batch, seed=seed, threads=1,
+                              measure_loss=p.lora_loss),
         )
         with progress() as bar:
             rows_out = optimize(cfg, train, cal, test, loop_dir, opts, progress=bar, say=console.print)
@@ -483,6 +538,10 @@ def _run(cfg: EnsembleConfig, out: Path, p: Preset, seed: int, stage: Any, conso
                     progress=progress_callback(bar),
                 )
             after = results_with_intervals(res, seed)
+            change = res.change_against(res_before, "routenlp", seed=seed)
+            after["loop_change"] = {"system": "routenlp", "n_test": res.n_test, "paired_resamples": 1000,
+                                    "metrics": change}
+            console.print(_change_table(change, res.n_test))
             cert = promoted.certificate
         else:
             console.print("no round was accepted: serving stays at the baseline")
@@ -495,7 +554,7 @@ def _run(cfg: EnsembleConfig, out: Path, p: Preset, seed: int, stage: Any, conso
     console.print(_main_table(after, before if after is not before else None,
                               f"Main table: test split, ratios against always-{top_label}"))
     cert_json = cert.model_dump(mode="json")
-    text = plain_summary(before, after, loop_doc, cert_json, top_label)
+    text = plain_summary(before, after, loop_doc, cert_json, top_label, change)
     clusters, gains = _first_round_clusters(loop_dir, loop_doc)
     write_html(after, out / "report.html", title="RouteNLP demo: built-in workload, local CPU ensemble",
                summary=text, loop=loop_doc if loop_doc.get("rounds") else None, clusters=clusters, gains=gains)
@@ -506,8 +565,47 @@ def _run(cfg: EnsembleConfig, out: Path, p: Preset, seed: int, stage: Any, conso
         "meets_tau": meets, "certificate": cert_json,
         "before": _system_row(before, "routenlp"), "after": _system_row(after, "routenlp"),
         "systems": {n: _system_row(after, n) for n in after["systems"]},
-        "rounds": table_rows(loop_doc.get("rounds", [])), "summary": text,
+        "rounds": table_rows(loop_doc.get("rounds", [])), "loop_change": change, "summary": text,
     }
+
+
+def _pull_one(name: str) -> float:
+    """Convert one registry model (in a worker process); returns the seconds it took."""
+    from routenlp.models.registry import pull
+
+    t0 = time.perf_counter()
+    pull(name)
+    return time.perf_counter() - t0
+
+
+def _pull_side_by_side(models: list[str], console: Any, progress: Any) -> None:
+    """Convert the local models in parallel processes (one model's tokenizer conversion
+    overlaps the other's de-quantisation; transformers' lazy imports are not safe to
+    run from two threads of one process). Models already converted are not touched."""
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing
+
+    from routenlp.models.registry import is_converted
+
+    todo = [m for m in models if not is_converted(m)]
+    for m in models:
+        if m not in todo:
+            console.print(f"{m}: cached")
+    if len(todo) <= 1:
+        for m in todo:
+            from routenlp.models.registry import pull
+
+            with progress() as bar:
+                pull(m, progress=bar)
+        return
+    with progress() as bar:
+        task = bar.add_task(f"converting {', '.join(todo)} (side by side)", total=len(todo))
+        with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {m: pool.submit(_pull_one, m) for m in todo}
+            for m, f in futures.items():
+                secs = f.result()
+                bar.advance(task)
+                console.print(f"{m}: converted in {secs:.0f} s")
 
 
 def _cheap_tiers(cfg: EnsembleConfig) -> tuple[str, ...]:

@@ -107,6 +107,32 @@ def test_rounds_json_has_both_strategies(demo_out: Path) -> None:
         assert r["quality_ratio"] is None or math.isfinite(r["quality_ratio"])
 
 
+def test_loop_change_is_paired_and_matches_both_tables(demo_out: Path) -> None:
+    """When a round was promoted, results.json carries its paired before/after change, and
+    its before/after values are the two evaluations' own numbers."""
+    after = json.loads((demo_out / "results.json").read_text())
+    before = json.loads((demo_out / "results_before.json").read_text())
+    serving = json.loads((demo_out / "loop" / "serving.json").read_text())
+    change = after.get("loop_change")
+    if serving.get("round", 0) == 0:
+        assert change is None
+        return
+    assert change is not None and change["n_test"] == after["n_test"] == before["n_test"]
+    m = change["metrics"]
+    for key in ("cost_ratio", "quality_ratio"):
+        assert m[key]["before"] == pytest.approx(before["systems"]["routenlp"][key])
+        assert m[key]["after"] == pytest.approx(after["systems"]["routenlp"][key])
+        assert m[key]["diff"] == pytest.approx(m[key]["after"] - m[key]["before"])
+        lo, hi = m[key]["ci"]
+        assert lo is not None and hi is not None and lo <= hi
+        assert m[key]["excludes_zero"] == (lo > 0 or hi < 0)
+    q97 = "cost_ratio_at_quality_0.97"
+    for side, doc in (("before", before), ("after", after)):
+        assert m[q97][side] == (pytest.approx(doc["matched"]["routenlp"][q97])
+                                if doc["matched"]["routenlp"][q97] is not None else None)
+    assert "What the promoted round changed" in (demo_out / "report.html").read_text()
+
+
 def test_report_references_every_plot(demo_out: Path) -> None:
     from routenlp.report import referenced_images
 

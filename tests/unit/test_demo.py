@@ -94,3 +94,18 @@ def test_presets_and_bad_preset() -> None:
     assert PRESETS["tiny"].n_per_task < PRESETS["quick"].n_per_task < PRESETS["full"].n_per_task
     r = CliRunner().invoke(app, ["demo", "--preset", "huge"])
     assert r.exit_code == 2 and "--preset" in r.output and "tiny, quick, full" in r.output
+
+
+def test_plain_summary_reads_the_paired_change_honestly() -> None:
+    loop = {"rounds": [{"round": 1, "strategy": "targeted", "status": "accepted", "cost_ratio": 0.3,
+                        "quality_ratio": 0.97}]}
+    cert = {"certified": True, "alpha": 0.03, "delta": 0.1, "n_B": 90, "guarantee": "expected", "measure": "bar"}
+
+    def text(ci: list[float]) -> str:
+        change = {"cost_ratio_at_quality_0.97": {"before": 0.4, "after": 0.31, "diff": -0.09, "ci": ci,
+                                                 "excludes_zero": ci[0] > 0 or ci[1] < 0}}
+        return plain_summary(_results(1.0, 0.5, 0.4), _results(0.97, 0.3, 0.31), loop, cert, "T4", change)
+
+    assert "change is -0.09 (95% interval -0.15 to -0.02), so the round lowered cost" in text([-0.15, -0.02])
+    assert "does not establish a change" in text([-0.15, 0.01])
+    assert "raised cost" in text([0.01, 0.2])

@@ -25,6 +25,10 @@ def data():  # noqa: ANN201
     rows = [read_matrix(DATA / f"{s}.jsonl") for s in ("train", "cal", "test")]
     # the committed matrix was labelled with T1-T3, before the simulated frontier T4 joined
     cfg = load_config(ROOT / "examples" / "local-cpu.yaml").restricted_to(matrix_tiers(rows[0]))
+    # and scored against the bars of that time (rougeL 0.3 for fin_summ and cs_reply): at
+    # the example's stricter bars today the per-tier rule never tries T2 on this matrix
+    bars = {"fin_summ": 0.3, "cs_reply": 0.3}
+    cfg = cfg.model_copy(update={"tasks": [t.model_copy(update={"tau": bars.get(t.name, t.tau)}) for t in cfg.tasks]})
     return cfg, *rows
 
 
@@ -59,7 +63,8 @@ def test_without_reference_the_top_answer_is_the_pseudo_reference(data) -> None:
     same.outcomes["T2"].response = same.outcomes["T3"].response  # identical to the teacher
     fs = {f.id: f for f in mine_matrix(cfg, [same, *rows[1:]])}
     assert same.id not in fs  # scored 1.0 against the top tier's answer
-    assert all(0.0 <= f.gap <= 1.0 and f.qualities["T2"] < 0.3 for f in fs.values())
+    tau = cfg.task("cs_reply").tau
+    assert all(0.0 <= f.gap <= 1.0 and f.qualities["T2"] < tau for f in fs.values())
 
 
 def test_sets_never_take_held_out_rows(data, tmp_path: Path) -> None:  # noqa: ANN001

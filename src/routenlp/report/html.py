@@ -204,7 +204,41 @@ def loop_table(loop: dict[str, Any]) -> str:
     return f"<table>{head}{''.join(body)}</table>"
 
 
-def loop_html(loop: dict[str, Any] | None, img: ImageSink) -> str:
+CHANGE_ROWS = (
+    ("cost_ratio_at_quality_0.97", "cost ratio at quality ratio 0.97"),
+    ("quality_at_cost_0.16", "quality ratio at cost ratio 0.16"),
+    ("cost_ratio", "cost ratio (default point)"),
+    ("quality_ratio", "quality ratio (default point)"),
+)
+
+
+def change_html(change: dict[str, Any] | None) -> str:
+    """The promoted round's effect on one system, paired over the same test queries
+    (`results["loop_change"]`, written by the demo)."""
+    if not isinstance(change, dict) or not isinstance(change.get("metrics"), dict):
+        return ""
+    rows = []
+    for key, label in CHANGE_ROWS:
+        m = change["metrics"].get(key)
+        if not isinstance(m, dict):
+            continue
+        ci = m.get("ci") or [None, None]
+        sig = ' <b class="sig">*</b>' if m.get("excludes_zero") else ""
+        rows.append(f"<tr><td class=\"text\">{html.escape(label)}</td><td>{_fmt(m.get('before'))}</td>"
+                    f"<td>{_fmt(m.get('after'))}</td><td>{_fmt(m.get('diff'))} [{_fmt(ci[0])}, {_fmt(ci[1])}]{sig}</td></tr>")
+    if not rows:
+        return ""
+    return (
+        f"<h3>What the promoted round changed for {html.escape(str(change.get('system', 'routenlp')))}</h3>"
+        "<table><tr><th class=\"text\">number</th><th>before</th><th>after</th><th>change [95% CI]</th></tr>"
+        f"{''.join(rows)}</table>"
+        f'<p class="note">Paired over the same {_fmt(change.get("n_test"))} test queries (change = after - before; '
+        f'{_fmt(change.get("paired_resamples"))} bootstrap resamples); <b class="sig">*</b>: the interval of the '
+        "change excludes zero; — the curve never reaches that point.</p>"
+    )
+
+
+def loop_html(loop: dict[str, Any] | None, img: ImageSink, change: dict[str, Any] | None = None) -> str:
     """The closed loop's rounds: a table (rejected/stopped rounds with their reason) and
     the test cost/quality ratio per round and strategy."""
     if not _rounds(loop):
@@ -218,6 +252,7 @@ def loop_html(loop: dict[str, Any] | None, img: ImageSink) -> str:
         "the held-out test split; cheap share: traffic not sent to the top tier. Round 0 is the baseline every "
         "strategy starts from.</p>"
         f"{loop_table(loop)}"
+        f"{change_html(change)}"
         f"{img('loop_rounds', loop_rounds_plot(loop))}"
     )
 
@@ -334,7 +369,7 @@ area under the hull over cost ratio [0, 1]. Brackets: 95% paired-bootstrap inter
 {img('latency_cdf', latency_cdf_plot(results))}
 <h2>Per task</h2>
 {per_task_table(results)}
-{loop_html(loop, img)}
+{loop_html(loop, img, results.get('loop_change'))}
 {clusters_html(clusters, gains)}
 <h2>Systems compared</h2><ul>{desc}</ul>
 <h2>Notes</h2><ul>{notes}</ul>
