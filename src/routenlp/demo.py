@@ -64,7 +64,7 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "tiny": Preset("tiny", 12, 60, 1, 1, 8, 3, "CI smoke test: every stage on 12 rows per task; "
                    "too few calibration rows for a certificate"),
-    "quick": Preset("quick", 48, 300, 1, 1, 48, 6, "48 rows per task (130 calibration rows: "
+    "quick": Preset("quick", 40, 300, 1, 1, 48, 6, "40 rows per task (108 calibration rows: "
                     "enough for the config's certificate at quality target 0.97); one round per "
                     "strategy, LoRA one epoch at batch 4", lora_batch=4),
     "full": Preset("full", 200, 300, 3, 2, 96, 8, "200 rows per task, up to 3 rounds per strategy",
@@ -327,7 +327,7 @@ def register(app: typer.Typer) -> None:
     def demo_cmd(
         preset: str = typer.Option(
             "quick", "--preset",
-            help="tiny (CI smoke test), quick (48 rows per task; measured on 2 cores: 12 min cold "
+            help="tiny (CI smoke test), quick (40 rows per task; measured on 2 cores: 11 min cold "
             "plus the install, under a minute warm) or full (200 rows per task, 3 rounds; prints "
             "its estimate first)",
         ),
