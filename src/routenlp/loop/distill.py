@@ -21,6 +21,7 @@ import math
 import os
 import random
 import shutil
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ from routenlp.models.loading import HF_LOAD_LOCK, hf_classes, load_pretrained
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 DISTILL_CACHE_ENV = "ROUTENLP_DISTILL_CACHE"
 # Bump when the training recipe changes in a way the key does not see.
-DISTILL_CACHE_VERSION = 1
+DISTILL_CACHE_VERSION = 2  # 2: LoRA init seeded under the lock, threads kept while chains overlap
 log = logging.getLogger(__name__)
 
 
@@ -287,6 +288,34 @@ def lora_distill(
     return result
 
 
+_THREADS_LOCK = threading.Lock()
+_THREADS_STATE: dict[str, int] = {"active": 0, "saved": 0}
+
+
+def _enter_threads(threads: int | None) -> None:
+    """Set torch's (process-wide) intra-op thread count for a training run. Runs side by
+    side (the loop's chains) share it: the count saved by the first is restored only when
+    the last one ends, so a chain that finishes early never changes the thread count (and
+    with it the float sums) under one still training."""
+    import torch
+
+    with _THREADS_LOCK:
+        if _THREADS_STATE["active"] == 0:
+            _THREADS_STATE["saved"] = torch.get_num_threads()
+        _THREADS_STATE["active"] += 1
+        if threads:
+            torch.set_num_threads(threads)
+
+
+def _exit_threads() -> None:
+    import torch
+
+    with _THREADS_LOCK:
+        _THREADS_STATE["active"] -= 1
+        if _THREADS_STATE["active"] == 0:
+            torch.set_num_threads(_THREADS_STATE["saved"])
+
+
 def _train_lora(
     base: Path, pairs: Sequence[tuple[str, str]], out_dir: Path, s: LoraSettings,
     chat_format: str, progress: Any, label: str,
@@ -297,10 +326,7 @@ def _train_lora(
     AutoModelForCausalLM, AutoTokenizer = hf_classes("AutoModelForCausalLM", "AutoTokenizer")
 
     t0 = time.perf_counter()
-    prev_threads = torch.get_num_threads()
-    if s.threads:
-        torch.set_num_threads(s.threads)
-    torch.manual_seed(s.seed)
+    _enter_threads(s.threads)
     try:
         tok = AutoTokenizer.from_pretrained(str(base), local_files_only=True)
         end = _end_text(chat_format, tok)
@@ -311,9 +337,11 @@ def _train_lora(
         targets = [m for m in s.target_modules if m in names]
         if not targets:
             raise ConfigError(f"{base}: none of the LoRA target modules {list(s.target_modules)} exist")
-        model = get_peft_model(model, LoraConfig(
-            r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout, target_modules=targets, task_type="CAUSAL_LM",
-        ))
+        with HF_LOAD_LOCK:  # the LoRA init draws from torch's global RNG: seed and draw as one step
+            torch.manual_seed(s.seed)
+            model = get_peft_model(model, LoraConfig(
+                r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout, target_modules=targets, task_type="CAUSAL_LM",
+            ))
         before = _mean_loss(model, data, s.batch_size, pad_id) if s.measure_loss else None
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=s.lr)
         rng = random.Random(s.seed)
@@ -340,7 +368,7 @@ def _train_lora(
         }, indent=2, sort_keys=True) + "\n")
         del model
     finally:
-        torch.set_num_threads(prev_threads)
+        _exit_threads()
     return DistillResult(
         tier=label, kind="local", status="trained", n_examples=len(data), artifact=str(out),
         loss_before=before, loss_after=after, steps=len(losses), seconds=time.perf_counter() - t0,
