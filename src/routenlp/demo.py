@@ -451,6 +451,7 @@ def _run(cfg: EnsembleConfig, out: Path, p: Preset, seed: int, stage: Any, conso
     )
     wanted = {str(r["id"]) for r in rows}  # a re-run with a smaller --n-per-task
     matrix = [r for r in read_matrix(matrix_path) if r.id in wanted]
+    _fail_on_dead_tiers(cfg, matrix)
     print_summary(summarise(matrix, cfg.tier_names), title="Per task, per tier", labels=labels)
     meets = meets_tau_table(cfg, matrix)
     console.print(_meets_table(meets, labels, cfg.tier_names))
@@ -569,6 +570,19 @@ def _run(cfg: EnsembleConfig, out: Path, p: Preset, seed: int, stage: Any, conso
     }
 
 
+def _fail_on_dead_tiers(cfg: EnsembleConfig, matrix: list[MatrixRow]) -> None:
+    """A tier that failed on every query it serves would make every later table a story
+    about a broken install: stop, naming the tier and its error."""
+    from routenlp.errors import TierError
+
+    for tier in cfg.tier_names:
+        outs = [r.outcomes[tier] for r in matrix if tier in r.outcomes]
+        if outs and all(o.error for o in outs):
+            raise TierError(f"tier {tier} failed on all {len(outs)} queries: {outs[0].error}",
+                            hint="fix the tier (for a local model: `routenlp models pull --force "
+                                 "<model>`), then re-run; labels already written are kept")
+
+
 def _pull_one(name: str) -> float:
     """Convert one registry model (in a worker process); returns the seconds it took."""
     from routenlp.models.registry import pull
@@ -587,17 +601,18 @@ def _pull_side_by_side(models: list[str], console: Any, progress: Any) -> None:
 
     from routenlp.models.registry import is_converted
 
-    todo = [m for m in models if not is_converted(m)]
-    for m in models:
-        if m not in todo:
-            console.print(f"{m}: cached")
-    if len(todo) <= 1:
-        for m in todo:
-            from routenlp.models.registry import pull
+    from routenlp.models.registry import pull
 
+    todo = [m for m in models if not is_converted(m)]
+    if len(todo) <= 1:  # pull verifies a cached model's checksums (and rebuilds a broken one)
+        for m in models:
             with progress() as bar:
                 pull(m, progress=bar)
         return
+    for m in models:
+        if m not in todo:
+            with progress() as bar:
+                pull(m, progress=bar)
     with progress() as bar:
         task = bar.add_task(f"converting {', '.join(todo)} (side by side)", total=len(todo))
         with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:

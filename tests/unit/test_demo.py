@@ -109,3 +109,18 @@ def test_plain_summary_reads_the_paired_change_honestly() -> None:
     assert "change is -0.09 (95% interval -0.15 to -0.02), so the round lowered cost" in text([-0.15, -0.02])
     assert "does not establish a change" in text([-0.15, 0.01])
     assert "raised cost" in text([0.01, 0.2])
+
+
+def test_a_tier_that_failed_everywhere_stops_the_demo() -> None:
+    from routenlp.demo import _fail_on_dead_tiers
+    from routenlp.errors import TierError
+    from routenlp.matrix import MatrixRow, Outcome
+
+    cfg = _cfg()
+    rows = [MatrixRow(id=f"a{i}", task="a", prompt="q", outcomes={
+        "T2": Outcome(quality=1.0, cost=0.1), "T4": Outcome(error="local model 'x' failed to load: no tokenizer.json")})
+        for i in range(3)]
+    with pytest.raises(TierError, match="tier T4 failed on all 3 queries: local model 'x' failed to load"):
+        _fail_on_dead_tiers(cfg, rows)
+    rows[0].outcomes["T4"] = Outcome(quality=0.5, cost=0.8)
+    _fail_on_dead_tiers(cfg, rows)  # one answer: a flaky tier, not a dead one
