@@ -327,8 +327,8 @@ def register(app: typer.Typer) -> None:
     def demo_cmd(
         preset: str = typer.Option(
             "quick", "--preset",
-            help="tiny (CI smoke test), quick (40 rows per task; measured on 2 cores: 11 min cold "
-            "plus the install, under a minute warm) or full (200 rows per task, 3 rounds; prints "
+            help="tiny (CI smoke test), quick (40 rows per task; measured on 2 cores: 12 min cold "
+            "plus 2 min of install, under a minute warm) or full (200 rows per task, 3 rounds; prints "
             "its estimate first)",
         ),
         out: Path = typer.Option(Path("runs/demo"), "--out", help="working directory"),
