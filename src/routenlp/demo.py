@@ -595,13 +595,13 @@ def _pull_one(name: str) -> float:
 def _pull_side_by_side(models: list[str], console: Any, progress: Any) -> None:
     """Convert the local models in parallel processes (one model's tokenizer conversion
     overlaps the other's de-quantisation; transformers' lazy imports are not safe to
-    run from two threads of one process). Models already converted are not touched."""
-    from concurrent.futures import ProcessPoolExecutor
+    run from two threads of one process). Models already converted are verified in this
+    process by `pull` (a broken cache entry is rebuilt); a conversion error in a worker
+    comes back as the worker's own exception."""
     import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
-    from routenlp.models.registry import is_converted
-
-    from routenlp.models.registry import pull
+    from routenlp.models.registry import is_converted, pull
 
     todo = [m for m in models if not is_converted(m)]
     if len(todo) <= 1:  # pull verifies a cached model's checksums (and rebuilds a broken one)
