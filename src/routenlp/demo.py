@@ -604,19 +604,17 @@ def _pull_side_by_side(models: list[str], console: Any, progress: Any) -> None:
     from routenlp.models.registry import is_converted, pull
 
     todo = [m for m in models if not is_converted(m)]
-    if len(todo) <= 1:  # pull verifies a cached model's checksums (and rebuilds a broken one)
-        for m in models:
+    parallel = todo if len(todo) > 1 else []
+    for m in models:  # in process: pull verifies a cached model (and rebuilds a broken one)
+        if m not in parallel:
             with progress() as bar:
                 pull(m, progress=bar)
+    if not parallel:
         return
-    for m in models:
-        if m not in todo:
-            with progress() as bar:
-                pull(m, progress=bar)
     with progress() as bar:
-        task = bar.add_task(f"converting {', '.join(todo)} (side by side)", total=len(todo))
+        task = bar.add_task(f"converting {', '.join(parallel)} (side by side)", total=len(parallel))
         with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {m: pool.submit(_pull_one, m) for m in todo}
+            futures = {m: pool.submit(_pull_one, m) for m in parallel}
             for m, f in futures.items():
                 secs = f.result()
                 bar.advance(task)

@@ -82,6 +82,15 @@ def _excludes_zero(vals: np.ndarray, level: float) -> bool:
     return bool(lo > 0 or hi < 0)
 
 
+def resample_weights(n: int, n_resamples: int, seed: int) -> np.ndarray:
+    """(n_resamples, n) per-query counts of a seeded bootstrap over n queries."""
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n, size=(n_resamples, n))
+    weights = np.zeros((n_resamples, n))
+    np.add.at(weights, (np.arange(n_resamples)[:, None], draws), 1.0)
+    return weights
+
+
 def paired_bootstrap(
     systems: Mapping[str, PointOutcomes],
     ref_quality: np.ndarray,
@@ -97,11 +106,7 @@ def paired_bootstrap(
     Returns {system: {"cost_ratio_at_quality_0.97": [lo, hi], "quality_at_cost_0.16": [lo, hi],
     "diff": {metric: {"ci": [lo, hi], "excludes_zero": bool}}}} ("diff": system minus
     baseline, absent for the baseline itself and when it is not among the systems)."""
-    n = ref_quality.shape[0]
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, n, size=(n_resamples, n))
-    weights = np.zeros((n_resamples, n))
-    np.add.at(weights, (np.arange(n_resamples)[:, None], draws), 1.0)
+    weights = resample_weights(ref_quality.shape[0], n_resamples, seed)
     stats: dict[str, np.ndarray] = {}
     for name, out in systems.items():
         pts = ratio_points(out, ref_quality, ref_cost, weights)  # (B, P, 2)
@@ -145,10 +150,7 @@ def paired_change(
                       ("after_default", after_default)):
         if arr.quality.shape[1] != n:
             raise ValueError(f"{name} has {arr.quality.shape[1]} queries, the reference {n}")
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, n, size=(n_resamples, n))
-    weights = np.zeros((n_resamples, n))
-    np.add.at(weights, (np.arange(n_resamples)[:, None], draws), 1.0)
+    weights = resample_weights(n, n_resamples, seed)
 
     def matched_stats(out: PointOutcomes, w: np.ndarray | None) -> np.ndarray:
         pts = ratio_points(out, ref_quality, ref_cost, w)
@@ -192,6 +194,7 @@ __all__ = [
     "QUALITY_TARGET",
     "paired_bootstrap",
     "paired_change",
+    "resample_weights",
     "ratio_points",
 ]
 

@@ -246,9 +246,9 @@ class TorchEngine:
         min_new_tokens: int = 0,
     ) -> list[RawGeneration]:
         import torch
-        from routenlp.models.loading import hf_classes
-
-        StoppingCriteria, StoppingCriteriaList = hf_classes("StoppingCriteria", "StoppingCriteriaList")
+        # transformers was first imported under the load lock in __init__; a plain import is
+        # safe here and keeps the lock off the per-batch path
+        from transformers import StoppingCriteria, StoppingCriteriaList
 
         if not prompts:
             return []
