@@ -65,7 +65,7 @@ class TierConfig(_Strict):
     price_in: float = Field(..., ge=0, description="USD per 1K input tokens")
     price_out: float = Field(..., ge=0, description="USD per 1K output tokens")
     tasks: list[str] | Literal["all"] = "all"
-    timeout_s: float = Field(30.0, gt=0)
+    timeout_s: float = Field(30.0, gt=0, description="seconds one request may take (a local batch of n: n x timeout_s)")
     max_retries: int = Field(2, ge=0)
     max_tokens: int = Field(128, ge=1)
     batch_size: int = Field(8, ge=1)

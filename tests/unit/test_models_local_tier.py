@@ -159,6 +159,7 @@ class FakeEngine:
         self.script = script or [9, 4, 6, 7]
         self.fail = fail
         self.batches: list[int] = []
+        self.deadlines: list[float | None] = []  # seconds left at the call
         self.prompt_lens: list[list[int]] = []
 
     def generate(self, prompts: Sequence[list[int]], *, max_new_tokens: int, end_ids: Sequence[int],
@@ -168,6 +169,7 @@ class FakeEngine:
             raise RuntimeError("kaboom")
         self.batches.append(len(prompts))
         self.prompt_lens.append([len(p) for p in prompts])
+        self.deadlines.append(None if deadline is None else deadline - time.monotonic())
         toks = self.script[:max_new_tokens]
         return [RawGeneration(list(toks), [math.log(0.5)] * len(toks), "length") for _ in prompts]
 
@@ -205,6 +207,18 @@ def test_tier_batches_by_batch_size_and_keeps_order() -> None:
     assert gens[0].usage.tokens_in > gens[1].usage.tokens_in  # results in request order
     for lens in eng.prompt_lens:  # similar lengths batched together
         assert lens == sorted(lens)
+
+
+def test_batch_deadline_is_timeout_per_request() -> None:
+    """A single request gets timeout_s; a batch of n gets n x timeout_s (what its requests
+    get one after another): a fixed per-batch deadline timed out whole batches on a slow CPU."""
+    eng = FakeEngine()
+    tier = _tier(eng, timeout_s=10.0, batch_size=3)
+    tier.generate(Request(task="t", prompt="q"))
+    tier.generate_batch([Request(task="t", prompt=f"q{i}") for i in range(5)])
+    left = [d for d in eng.deadlines if d is not None]
+    assert eng.batches == [1, 3, 2]
+    assert 9.0 < left[0] <= 10.0 and 29.0 < left[1] <= 30.0 and 19.0 < left[2] <= 20.0
 
 
 def test_tier_default_max_tokens_from_config() -> None:

@@ -225,7 +225,9 @@ class LocalTier(BaseTier):
     ) -> list[Generation]:
         assert self._engine is not None
         t0 = time.perf_counter()
-        deadline = time.monotonic() + float(self.config.timeout_s)
+        # timeout_s bounds one request; a batch of n gets what its n requests would get one
+        # after another (a fixed per-batch deadline turned a slower CPU into timed-out rows)
+        deadline = time.monotonic() + float(self.config.timeout_s) * len(chunk)
         max_new = max(c[2] for c in chunk)
         try:
             raws = self._engine.generate(
