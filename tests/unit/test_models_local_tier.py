@@ -221,6 +221,22 @@ def test_batch_deadline_is_timeout_per_request() -> None:
     assert 9.0 < left[0] <= 10.0 and 29.0 < left[1] <= 30.0 and 19.0 < left[2] <= 20.0
 
 
+def test_batched_latency_is_each_requests_share_of_the_batch() -> None:
+    """Each of n answers of one batch records batch time / n (the batch's own time is in
+    meta): recording the whole batch time per answer made T2 look 16x slower to the
+    SLA-aware cascade."""
+    class SlowEngine(FakeEngine):
+        def generate(self, prompts, **kw):  # noqa: ANN001, ANN003, ANN201
+            time.sleep(0.2)
+            return super().generate(prompts, **kw)
+
+    tier = _tier(SlowEngine(), batch_size=4)
+    gens = tier.generate_batch([Request(task="t", prompt=f"q{i}") for i in range(4)])
+    for g in gens:
+        assert g.meta["batch_size"] == 4 and g.meta["batch_seconds"] >= 0.2
+        assert g.latency_s == pytest.approx(g.meta["batch_seconds"] / 4)
+
+
 def test_tier_default_max_tokens_from_config() -> None:
     tier = _tier(FakeEngine(script=[2, 3, 3, 3, 3, 3]), max_tokens=3, chat_format="chatml")
     assert tier.generate(Request(task="t", prompt="q")).usage.tokens_out == 3
