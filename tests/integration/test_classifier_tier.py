@@ -94,6 +94,9 @@ def test_fit_cli_then_classify_held_out_rows(
         assert sum(g.class_probs.values()) == pytest.approx(1.0, abs=1e-6)
         assert g.usage.tokens_in > 2 and g.usage.tokens_out == 1 and g.cost > 0
         assert 0.0 <= (g.uncertainty or 0.0) < 1.0
+        # each answer records its share of the batch's time, not the whole batch's
+        assert g.meta["batch_size"] == len(test)
+        assert g.latency_s == pytest.approx(g.meta["batch_seconds"] / len(test))
 
 
 def test_fit_cli_rejects_non_classifier_tier(tmp_path: Path) -> None:

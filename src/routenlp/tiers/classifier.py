@@ -388,10 +388,11 @@ class ClassifierTier(BaseTier):
             logprobs=None,
             class_probs={lab: float(p) for lab, p in zip(head.labels, probs)},
             usage=Usage(tokens_in=tokens_in, tokens_out=1),
-            latency_s=elapsed,
+            latency_s=elapsed / max(1, batch),  # this answer's share of the batch's time
             confidence=p_max,
             uncertainty=1.0 - p_max,
-            meta={"label_logprob": math.log(max(p_max, 1e-300)), "batch_size": batch},
+            meta={"label_logprob": math.log(max(p_max, 1e-300)), "batch_size": batch,
+                  "batch_seconds": elapsed},
         )
         return self.price(gen)
 
