@@ -156,3 +156,31 @@ def test_classifier_tier_distils_by_refitting_the_head_with_added_labels(data, t
     assert "cancel_order" in head.labels and set(head.labels) >= {str(r.reference) for r in rows}
     assert head.meta["n"] == len(rows) + len(added)
     assert with_artifact(cfg, "T1", res).tier("T1").head == res.artifact
+
+
+def test_pool_rows_answered_by_the_top_tier_only_fill_clusters(data) -> None:  # noqa: ANN001
+    """Logged traffic outside the matrices (LoopOptions.pool) carries only the top tier's
+    answer: targeted sets fill small clusters from it, random sets draw from it, and a
+    pool row with a held-out query is refused."""
+    cfg, train, cal, test = data
+    top = cfg.tiers_for("cs_reply")[-1].name
+    logged = [
+        r.model_copy(update={"id": f"log-{i}", "prompt": r.prompt + f" (order {i})",
+                             "outcomes": {top: r.outcomes[top]}})
+        for i, r in enumerate(train) for _ in range(2)
+    ]
+    leak = test[0].model_copy(update={"id": "log-leak", "outcomes": {top: test[0].outcomes[top]}})
+    pool = [*train, *logged, leak]
+    fs = mine_matrix(cfg, pool, tiers=["T2"])
+    assert not [f for f in fs if f.id.startswith("log-")]  # no cheap answer: never a failure
+    fs = mine_matrix(cfg, train, tiers=["T2"])
+    rep = cluster_failures(fs, hash_embed, k_range=(2, 4))
+    held = HeldOut([*cal, *test])
+    tgt = targeted_set(cfg, rep, fs, pool, held, tiers=["T2"], top_clusters=5, min_cluster=30, embed=hash_embed)
+    from_pool = [e for e in tgt.examples if e.id.startswith("log-")]
+    assert from_pool and all(e.source.startswith("neighbour:") for e in from_pool)
+    by_id = {r.id: r for r in logged}
+    assert all(e.target == str(by_id[e.id].outcomes[top].response) for e in from_pool)
+    rnd = random_set(cfg, pool, held, tgt.volume(), seed=1)
+    assert any(e.id.startswith("log-") for e in rnd.examples)
+    assert "log-leak" not in {e.id for e in [*tgt.examples, *rnd.examples]}

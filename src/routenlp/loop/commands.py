@@ -74,6 +74,7 @@ def register(app: typer.Typer) -> None:
         lora_r: int = typer.Option(8, "--lora-r", min=1, help="LoRA rank"),
         max_length: int = typer.Option(384, "--max-length", min=16, help="tokens per training example"),
         threads: int | None = typer.Option(None, "--threads", help="torch threads for LoRA"),
+        pool: Path | None = typer.Option(None, "--pool", help="matrix JSONL of logged traffic outside train/cal/test with the top tier's answer recorded: clusters are filled from it and random rounds draw from it"),
         from_store: bool = typer.Option(False, "--from-store", help="also mine the store's request log + feedback"),
         store_url: str | None = typer.Option(None, "--store", help="store URL (default: the config's store.url)"),
         json_out: Path | None = typer.Option(None, "--json", help="write the round table as JSON"),
@@ -107,6 +108,10 @@ def register(app: typer.Typer) -> None:
                               seed=seed, threads=threads),
         )
         tr, ca, te = load_matrices(train, cal, test)
+        if pool is not None:
+            from routenlp.matrix import read_matrix
+
+            opts.pool = read_matrix(pool)  # a missing or bad file is a DataError naming it
 
         def show(rec: dict[str, Any]) -> None:
             console.print(round_table([rec]))

@@ -62,6 +62,10 @@ class LoopOptions:
     store: Any = None  # a Store: artifacts are registered in it
     from_store: bool = False  # also mine the store's request log + feedback
     parallel: bool = False  # run the strategies' chains side by side (threads)
+    # logged traffic outside the matrices with the teacher's answer recorded (at least the
+    # top tier labelled): targeted rounds fill failure clusters with its nearest rows and
+    # random rounds draw from it too; it is never re-labelled or scored
+    pool: list[MatrixRow] = field(default_factory=list)
 
 
 @dataclass
@@ -264,7 +268,7 @@ def run_round(
     report = timer.run("cluster", lambda: cluster_failures(failures, embed, task_vectors=tv,
                                                            k_range=opts.k_range, seed=opts.seed))
     report.save(round_dir / "clusters.json")
-    pool = [r for r in state.train]
+    pool = [*state.train, *opts.pool]  # held-out rows are dropped by the set builders
 
     def build_sets() -> DistillSet:
         tgt = targeted_set(state.config, report, failures, pool, held_out, tiers=tiers, teacher=opts.teacher,
