@@ -31,8 +31,8 @@ SPLIT = (0.30, 0.45)  # train / cal; the rest is test. The certificate lives on 
 
 @dataclass(frozen=True)
 class Preset:
-    """One size of the demo. `seconds_per_row` is measured on 2 cores (labelling every
-    tier plus one re-label per loop round and strategy) and only feeds the estimate."""
+    """One size of the demo. The class constants below are measured on 2 cores and only
+    feed the printed estimate."""
 
     name: str
     n_per_task: int
@@ -44,29 +44,37 @@ class Preset:
     description: str
     lora_loss: bool = False  # measure the set's loss before/after LoRA (two extra passes)
     lora_batch: int = 8  # LoRA batch size: at 1 epoch, batch 4 keeps the update count of 2 x 8
+    # logged traffic per task outside the matrix, answered by the top tier only (the loop's
+    # pool: failure clusters are filled with its nearest rows, random rounds draw from it)
+    pool_per_task: int = 100
 
-    # measured on 2 cores (quick preset, 288 rows): labelling T1-T4 0.94 s per row; one
-    # round of both strategies side by side: re-labelling T2 0.71 s per row plus LoRA, about
-    # 0.4 s per row per epoch (x1.25 with the loss passes); model conversion and the
-    # classifier heads 100 s
+    # measured on 2 cores of a fast machine (quick preset): labelling T1-T4 0.94 s per row;
+    # one round of both strategies side by side: re-labelling T2 0.71 s per row, LoRA 5 s
+    # per distilled example per epoch (x1.25 with the loss passes); answering the pool 0.07
+    # s per row; model conversion and the classifier heads 100 s. A 2 GHz AVX2 machine
+    # took about 2.5x as long for each (see docs/benchmarks.md).
     LABEL_S_PER_ROW = 0.94
     RELABEL_S_PER_ROW = 0.71
-    LORA_S_PER_ROW_EPOCH = 0.4
+    LORA_S_PER_EXAMPLE_EPOCH = 5.0
+    POOL_S_PER_ROW = 0.07
     SETUP_S = 100.0
 
     def estimate_minutes(self, n_tasks: int) -> float:
         rows = self.n_per_task * n_tasks
-        lora = self.LORA_S_PER_ROW_EPOCH * self.epochs * (1.25 if self.lora_loss else 1.0)
-        per_round = self.RELABEL_S_PER_ROW + lora
-        return (rows * (self.LABEL_S_PER_ROW + per_round * self.rounds) + self.SETUP_S) / 60.0
+        lora = (self.LORA_S_PER_EXAMPLE_EPOCH * self.max_per_tier * self.epochs
+                * (1.25 if self.lora_loss else 1.0))
+        per_round = self.RELABEL_S_PER_ROW * rows + lora
+        pool = self.POOL_S_PER_ROW * self.pool_per_task * n_tasks if self.rounds else 0.0
+        return (rows * self.LABEL_S_PER_ROW + per_round * self.rounds + pool + self.SETUP_S) / 60.0
 
 
 PRESETS: dict[str, Preset] = {
     "tiny": Preset("tiny", 12, 60, 1, 1, 8, 3, "CI smoke test: every stage on 12 rows per task; "
-                   "too few calibration rows for a certificate"),
-    "quick": Preset("quick", 40, 300, 1, 1, 48, 6, "40 rows per task (108 calibration rows: "
+                   "too few calibration rows for a certificate", pool_per_task=12),
+    "quick": Preset("quick", 40, 300, 1, 1, 48, 10, "40 rows per task (108 calibration rows: "
                     "enough for the config's certificate at quality target 0.97); one round per "
-                    "strategy, LoRA one epoch at batch 4", lora_batch=4),
+                    "strategy, LoRA one epoch at batch 4 on up to 48 examples; a pool of 100 logged requests "
+                    "per task answered by the top tier", lora_batch=4),
     "full": Preset("full", 200, 300, 3, 2, 96, 8, "200 rows per task, up to 3 rounds per strategy",
                    lora_loss=True),
 }
@@ -457,6 +465,12 @@ def _run(cfg: EnsembleConfig, out: Path, p: Preset, seed: int, stage: Any, conso
     console.print(_meets_table(meets, labels, cfg.tier_names))
     stage("label", t0)
 
+    pool: list[MatrixRow] = []
+    if p.rounds > 0 and p.pool_per_task > 0:
+        t0 = time.perf_counter()
+        pool = _traffic_pool(cfg, data_dir, out / "pool.jsonl", p.pool_per_task, console, progress)
+        stage("pool", t0)
+
     train, cal, test = _split_matrix(matrix, seed, SPLIT)
     for name, part in (("train", train), ("cal", cal), ("test", test)):
         write_matrix(out / f"matrix_{name}.jsonl", part)
@@ -505,7 +519,7 @@ def _run(cfg: EnsembleConfig, out: Path, p: Preset, seed: int, stage: Any, conso
         console.rule("[bold]8. closed loop: mine -> cluster -> distil -> re-label -> retrain -> re-certify")
         opts = LoopOptions(
             rounds=p.rounds, strategies=("targeted", "random"), seed=seed, tiers=_cheap_tiers(cfg),
-            max_per_tier=p.max_per_tier, min_cluster=p.min_cluster, parallel=True,
+            max_per_tier=p.max_per_tier, min_cluster=p.min_cluster, parallel=True, pool=pool,
             # one torch thread per chain: the two chains run side by side on 2 cores
             lora=LoraSettings(epochs=p.epochs, batch_size=p.lora_batch, seed=seed, threads=1,
                               measure_loss=p.lora_loss),
@@ -568,6 +582,28 @@ def _run(cfg: EnsembleConfig, out: Path, p: Preset, seed: int, stage: Any, conso
         "systems": {n: _system_row(after, n) for n in after["systems"]},
         "rounds": table_rows(loop_doc.get("rounds", [])), "loop_change": change, "summary": text,
     }
+
+
+def _traffic_pool(cfg: EnsembleConfig, data_dir: Path, path: Path, per_task: int, console: Any,
+                  progress: Any) -> list[MatrixRow]:
+    """The closed loop's pool: workload rows outside the matrix (its train files) answered
+    by each task's top tier only, as a gateway's log holds the answers it served from the top.
+    The cheap tiers never see these rows, so the pool costs no cheap-tier generation."""
+    from routenlp.labeling import label_rows
+    from routenlp.workloads.io import load_task_rows
+
+    console.rule("[bold]4b. traffic pool for the closed loop (answered by the top tier only)")
+    tops = list(dict.fromkeys(cfg.tiers_for(t)[-1].name for t in cfg.task_names))
+    rows = []
+    for task in cfg.task_names:
+        rows += load_task_rows(data_dir / task / "train.jsonl")[:per_task]
+    with progress() as bar:
+        tid = bar.add_task(f"answering the pool with {', '.join(tops)}", total=len(rows))
+        label_rows(cfg, rows, path, tier_names=tops, on_progress=lambda n: bar.advance(tid, n))
+    wanted = {str(r["id"]) for r in rows}
+    pool = [r for r in read_matrix(path) if r.id in wanted]
+    console.print(f"pool: {len(pool)} logged requests ({per_task} per task) with the top tier's answer")
+    return pool
 
 
 def _fail_on_dead_tiers(cfg: EnsembleConfig, matrix: list[MatrixRow]) -> None:

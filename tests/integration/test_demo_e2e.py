@@ -67,6 +67,16 @@ def test_files_a_user_is_pointed_at_exist(demo_out: Path) -> None:
     assert all(0.0 <= m["meets_tau"] <= 1.0 for m in summary["meets_tau"])
 
 
+def test_the_loops_pool_is_answered_by_the_top_tier_only(demo_out: Path) -> None:
+    """The pool (workload train rows, never in the matrix) holds one answer per row, from the
+    task's top tier; no cheap tier was paid for it."""
+    pool = read_matrix(demo_out / "pool.jsonl")
+    matrix_ids = {r.id for r in read_matrix(demo_out / "matrix.jsonl")}
+    assert len(pool) == 12 * 6 and not {r.id for r in pool} & matrix_ids
+    assert all(set(r.outcomes) == {"T4"} for r in pool)
+    assert json.loads((demo_out / "summary.json").read_text())["seconds"]["pool"] >= 0
+
+
 def test_always_top_costs_one_and_ratios_are_against_it(demo_out: Path) -> None:
     for name in ("results.json", "results_before.json"):
         res = json.loads((demo_out / name).read_text())
