@@ -335,9 +335,9 @@ def register(app: typer.Typer) -> None:
     def demo_cmd(
         preset: str = typer.Option(
             "quick", "--preset",
-            help="tiny (CI smoke test), quick (40 rows per task; measured on 2 cores: 12 min cold "
-            "plus 2 min of install, under a minute warm) or full (200 rows per task, 3 rounds; prints "
-            "its estimate first)",
+            help="tiny (CI smoke test), quick (40 rows per task; estimated 13 min cold plus install "
+            "on a fast 2-core machine, measured 32-40 min on a 2 GHz AVX2 one; under a minute warm) or "
+            "full (200 rows per task, 3 rounds; prints its estimate first)",
         ),
         out: Path = typer.Option(Path("runs/demo"), "--out", help="working directory"),
         config: Path = typer.Option(
