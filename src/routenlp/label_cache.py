@@ -38,7 +38,7 @@ from routenlp.tiers.base import Generation, Request, Tier, Usage
 ENV_SWITCH = "ROUTENLP_LABEL_CACHE"
 FILE_NAME = "labels.sqlite"
 # Bump when what a key covers or what a value holds changes: old entries are never read.
-CACHE_VERSION = 2  # 2: local tiers record a request's share of its batch's time as latency
+CACHE_VERSION = 2  # 2: local and classifier tiers record an answer's share of its batch's time as latency
 CACHEABLE_KINDS = frozenset({"local", "classifier", "reference"})
 # Tier options that change how fast a tier answers, not what it answers.
 SPEED_OPTIONS = frozenset({"threads"})
