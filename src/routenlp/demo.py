@@ -402,7 +402,7 @@ def _run(cfg: EnsembleConfig, out: Path, p: Preset, seed: int, stage: Any, conso
     from routenlp.bench.commands import progress_callback, results_table
     from routenlp.bench.harness import evaluate
     from routenlp.loop import adapters
-    from routenlp.labeling import label_rows, print_summary, summarise
+    from routenlp.labeling import print_summary, summarise
     from routenlp.loop.commands import round_table
     from routenlp.loop.distill import LoraSettings
     from routenlp.loop.rounds import LoopOptions, optimize, table_rows
@@ -411,7 +411,6 @@ def _run(cfg: EnsembleConfig, out: Path, p: Preset, seed: int, stage: Any, conso
     from routenlp.router.train import report_table, train_router
     from routenlp.tiers.classifier import fit_classifier_head
     from routenlp.workloads import generate_workload
-    from routenlp.workloads.io import load_task_rows
 
     labels = {t.name: t.display_name for t in cfg.tiers}
     top = cfg.tiers[-1]
@@ -447,18 +446,12 @@ def _run(cfg: EnsembleConfig, out: Path, p: Preset, seed: int, stage: Any, conso
     t0 = time.perf_counter()
     console.rule("[bold]4. labelling (every tier on every query)")
     matrix_path = out / "matrix.jsonl"
-    rows = []
-    for task in cfg.task_names:
-        rows += load_task_rows(data_dir / task / "test.jsonl")[: p.n_per_task]
-    with progress() as bar:
-        tid = bar.add_task("labelling", total=len(rows))
-        stats = label_rows(cfg, rows, matrix_path, on_progress=lambda n: bar.advance(tid, n))
+    matrix, stats = _label_workload(cfg, data_dir, "test", p.n_per_task, matrix_path, None,
+                                    "labelling", progress)
     console.print(
         f"labels: {stats.skipped} already in {matrix_path.name}, {stats.cached} from the label "
         f"cache, {stats.generated} generated"
     )
-    wanted = {str(r["id"]) for r in rows}  # a re-run with a smaller --n-per-task
-    matrix = [r for r in read_matrix(matrix_path) if r.id in wanted]
     _fail_on_dead_tiers(cfg, matrix)
     print_summary(summarise(matrix, cfg.tier_names), title="Per task, per tier", labels=labels)
     meets = meets_tau_table(cfg, matrix)
@@ -584,24 +577,34 @@ def _run(cfg: EnsembleConfig, out: Path, p: Preset, seed: int, stage: Any, conso
     }
 
 
+def _label_workload(cfg: EnsembleConfig, data_dir: Path, split: str, per_task: int, path: Path,
+                    tier_names: list[str] | None, what: str, progress: Any) -> tuple[list[MatrixRow], Any]:
+    """The first `per_task` rows of each task's workload `split` labelled into `path` (resumable,
+    through the label cache) by `tier_names` (None: every tier); returns those rows of the
+    matrix file (a re-run with a smaller count ignores the extra rows already there) and
+    the labelling stats."""
+    from routenlp.labeling import label_rows
+    from routenlp.workloads.io import load_task_rows
+
+    rows = []
+    for task in cfg.task_names:
+        rows += load_task_rows(data_dir / task / f"{split}.jsonl")[:per_task]
+    with progress() as bar:
+        tid = bar.add_task(what, total=len(rows))
+        stats = label_rows(cfg, rows, path, tier_names=tier_names, on_progress=lambda n: bar.advance(tid, n))
+    wanted = {str(r["id"]) for r in rows}
+    return [r for r in read_matrix(path) if r.id in wanted], stats
+
+
 def _traffic_pool(cfg: EnsembleConfig, data_dir: Path, path: Path, per_task: int, console: Any,
                   progress: Any) -> list[MatrixRow]:
     """The closed loop's pool: workload rows outside the matrix (its train files) answered
     by each task's top tier only, as a gateway's log holds the answers it served from the top.
     The cheap tiers never see these rows, so the pool costs no cheap-tier generation."""
-    from routenlp.labeling import label_rows
-    from routenlp.workloads.io import load_task_rows
-
     console.rule("[bold]4b. traffic pool for the closed loop (answered by the top tier only)")
     tops = list(dict.fromkeys(cfg.tiers_for(t)[-1].name for t in cfg.task_names))
-    rows = []
-    for task in cfg.task_names:
-        rows += load_task_rows(data_dir / task / "train.jsonl")[:per_task]
-    with progress() as bar:
-        tid = bar.add_task(f"answering the pool with {', '.join(tops)}", total=len(rows))
-        label_rows(cfg, rows, path, tier_names=tops, on_progress=lambda n: bar.advance(tid, n))
-    wanted = {str(r["id"]) for r in rows}
-    pool = [r for r in read_matrix(path) if r.id in wanted]
+    pool, _ = _label_workload(cfg, data_dir, "train", per_task, path, tops,
+                              f"answering the pool with {', '.join(tops)}", progress)
     console.print(f"pool: {len(pool)} logged requests ({per_task} per task) with the top tier's answer")
     return pool
 

@@ -165,9 +165,9 @@ def test_pool_rows_answered_by_the_top_tier_only_fill_clusters(data) -> None:  #
     cfg, train, cal, test = data
     top = cfg.tiers_for("cs_reply")[-1].name
     logged = [
-        r.model_copy(update={"id": f"log-{i}", "prompt": r.prompt + f" (order {i})",
+        r.model_copy(update={"id": f"log-{i}-{k}", "prompt": r.prompt + f" (order {i}-{k})",
                              "outcomes": {top: r.outcomes[top]}})
-        for i, r in enumerate(train) for _ in range(2)
+        for i, r in enumerate(train) for k in range(2)
     ]
     leak = test[0].model_copy(update={"id": "log-leak", "outcomes": {top: test[0].outcomes[top]}})
     pool = [*train, *logged, leak]
