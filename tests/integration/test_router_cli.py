@@ -54,6 +54,12 @@ def test_train_router_cli_models_register_and_route(tmp_path):
     assert store.active_artifact("router").version == 2
     assert [a.active for a in sorted(store.list_artifacts("router"), key=lambda a: a.version)] == [False, True]
 
+    # `--json -`: the training report is the only thing on stdout
+    res = runner.invoke(app, [*args, "--json", "-"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["decision"]["rule"] == "success" and "decision rule success" in res.stderr
+
     res = runner.invoke(app, ["route", "--router", rec.path, "--task", "alpha", "--json", "refund my card please"])
     assert res.exit_code == 0, res.output
     decision = json.loads(res.output)

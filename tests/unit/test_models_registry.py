@@ -322,3 +322,43 @@ def test_adapter_merge_cached_by_content(cache: Path, tmp_path: Path, monkeypatc
     assert fake.calls["hf_to_ct2"] == 3  # base + two adapter versions
     with pytest.raises(ConfigError, match="not a PEFT LoRA adapter"):
         registry.adapter_digest(tmp_path / "base")
+
+
+# -- GGUF parsed once --------------------------------------------------------------------
+def _tiny_gguf(path: Path, name: str) -> Path:
+    import numpy as np
+
+    gguf = pytest.importorskip("gguf")
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name(name)
+    w.add_tensor("tok_embd.weight", np.arange(8, dtype=np.float32).reshape(2, 4))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_gguf_parsed_once_shares_one_reader_per_file(tmp_path: Path) -> None:
+    gguf = pytest.importorskip("gguf")
+    a = _tiny_gguf(tmp_path / "a.gguf", "a")
+    b = _tiny_gguf(tmp_path / "b.gguf", "b")
+    original = gguf.GGUFReader
+    with convert.gguf_parsed_once():
+        first = gguf.GGUFReader(str(a))
+        assert gguf.GGUFReader(a) is first  # same file, any spelling of the path
+        other = gguf.GGUFReader(str(b))
+        assert other is not first
+        field = first.fields["general.name"]
+        assert bytes(field.parts[field.data[0]]).decode() == "a"
+        assert [t.name for t in first.tensors] == ["tok_embd.weight"]
+    assert gguf.GGUFReader is original
+    assert gguf.GGUFReader(str(a)) is not first  # outside the block: a fresh parse
+
+
+def test_gguf_parsed_once_restores_the_reader_on_error(tmp_path: Path) -> None:
+    gguf = pytest.importorskip("gguf")
+    original = gguf.GGUFReader
+    with pytest.raises(RuntimeError), convert.gguf_parsed_once():
+        raise RuntimeError("conversion failed")
+    assert gguf.GGUFReader is original

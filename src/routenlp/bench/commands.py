@@ -11,7 +11,16 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from routenlp.cli_utils import console, friendly_errors, positive, probability, progress, unit_interval, write_json
+from routenlp.cli_utils import (
+    console,
+    friendly_errors,
+    json_to_stdout,
+    positive,
+    probability,
+    progress,
+    unit_interval,
+    write_json,
+)
 from routenlp.config import EnsembleConfig
 from routenlp.errors import ConfigError, DataError
 from routenlp.matrix import MatrixRow
@@ -164,13 +173,15 @@ def progress_callback(prog: Any) -> Any:
 
 
 def emit_results(results: Any, json_out: Path | None, html_out: Path | None, per_query: Path | None = None) -> None:
+    to_stdout = json_to_stdout(json_out)
     payload = results.to_json()
     console.print(results_table(payload))
     for note in payload.get("notes", []):
         console.print(f"[dim]note: {note}[/]")
     if json_out is not None:
         write_json(json_out, payload)
-        console.print(f"results -> {json_out}")
+        if not to_stdout:
+            console.print(f"results -> {json_out}")
     if html_out is not None:
         from routenlp.report import write_html
 
@@ -195,7 +206,7 @@ def register(app: typer.Typer) -> None:
         estimator: Annotated[Optional[Path], typer.Option("--estimator", help="quality estimator directory (if the thresholds use it)")] = None,
         baselines: Annotated[str, typer.Option("--baselines", help="all | none | comma-separated names")] = "all",
         reference: Annotated[str, typer.Option("--reference", help="ratio reference: top (most expensive tier) | best (best single tier on train)")] = "top",
-        json_out: Annotated[Optional[Path], typer.Option("--json", help="write the evaluation-results JSON")] = None,
+        json_out: Annotated[Optional[Path], typer.Option("--json", help="write the evaluation-results JSON (- for stdout; the tables then go to stderr)")] = None,
         html_out: Annotated[Optional[Path], typer.Option("--html", help="write the HTML report")] = None,
         tau: Annotated[Optional[float], typer.Option("--tau", callback=unit_interval, help="override every task's tau")] = None,
         sla_ms: Annotated[Optional[float], typer.Option("--sla-ms", callback=positive, help="override every task's SLA (ms)")] = None,
@@ -216,6 +227,7 @@ def register(app: typer.Typer) -> None:
         from routenlp.bench.settings import EvalSettings
 
         EvalSettings(reference=reference, points=points, bootstrap=bootstrap)  # type: ignore[arg-type] # checks them before any work
+        json_to_stdout(json_out)
         if thresholds is None and policy is None:
             from routenlp.errors import DataError
 
@@ -249,7 +261,7 @@ def register(app: typer.Typer) -> None:
     @friendly_errors
     def benchmark_cmd(
         matrix_dir: Annotated[Path, typer.Option("--matrix-dir", help="routing-matrix directory (train.jsonl, test.jsonl, models.json, optional cal.jsonl)")],
-        json_out: Annotated[Path, typer.Option("--json", help="write the evaluation-results JSON")],
+        json_out: Annotated[Path, typer.Option("--json", help="write the evaluation-results JSON (- for stdout; the tables then go to stderr)")],
         html_out: Annotated[Optional[Path], typer.Option("--html", help="write the HTML report")] = None,
         out_dir: Annotated[Optional[Path], typer.Option("--out-dir", help="where the router, estimator and thresholds go")] = None,
         alpha: Annotated[float, typer.Option("--alpha", callback=probability, help="target accepted-but-bad rate")] = 0.05,
@@ -281,6 +293,7 @@ def register(app: typer.Typer) -> None:
         from routenlp.bench.settings import EvalSettings
 
         EvalSettings(reference=reference, points=points, bootstrap=bootstrap)  # type: ignore[arg-type] # checks them before any work
+        json_to_stdout(json_out)
         if policy not in ("certified", "per-tier"):
             raise ConfigError(f"--policy must be 'certified' or 'per-tier', got {policy!r}")
         if guarantee not in ("high-probability", "expected"):

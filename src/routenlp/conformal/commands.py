@@ -134,12 +134,14 @@ def register(app: typer.Typer) -> None:
         ),
         per_task: bool = typer.Option(False, "--per-task", help="certified: certify each task alone"),
         seed: int = typer.Option(0, "--seed", help="certified: seed of the A/B split"),
-        json_out: Path | None = typer.Option(None, "--json", help="write the certificate JSON here"),
+        json_out: Path | None = typer.Option(None, "--json", help="write the certificate JSON here (- for stdout; the tables then go to stderr)"),
     ) -> None:
         """Calibrate the accept policy: certify the served policy, or per-tier thresholds."""
+        from routenlp.cli_utils import json_to_stdout
         from routenlp.conformal.estimator import QualityEstimator
         from routenlp.conformal.thresholds import calibrate
 
+        json_to_stdout(json_out)
         rows = read_matrix(matrix)
         if not rows:
             raise ConfigError(f"quality matrix {matrix} is empty")

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +66,32 @@ def _strip_gguf_quantizer(model: Any) -> None:
             pass
 
 
+@contextmanager
+def gguf_parsed_once() -> Iterator[None]:
+    """transformers parses a GGUF file's metadata three times (config, tokenizer, weights),
+    field by field in Python: on Gemma 3's 262k-token vocabulary that is about 12 s a parse
+    on 2 cores. Inside this block every `gguf.GGUFReader(path)` of the same file returns one
+    shared reader (transformers only reads from it). Callers hold HF_LOAD_LOCK: the patch
+    is process-wide."""
+    import gguf
+
+    original = gguf.GGUFReader
+    readers: dict[tuple[str, str], Any] = {}
+
+    def shared_reader(path: Any, mode: str = "r") -> Any:
+        key = (str(Path(path).resolve()), mode)
+        if key not in readers:
+            readers[key] = original(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader = shared_reader
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original
+        readers.clear()
+
+
 def gguf_to_hf(gguf_path: Path, out_dir: Path) -> Path:
     """De-quantise a GGUF checkpoint into an fp32 HF directory (weights + tokenizer)."""
     import torch
@@ -72,10 +100,11 @@ def gguf_to_hf(gguf_path: Path, out_dir: Path) -> Path:
     gguf_path = Path(gguf_path)
     out_dir.mkdir(parents=True, exist_ok=True)
     src_dir, fname = str(gguf_path.parent), gguf_path.name
-    tok = AutoTokenizer.from_pretrained(src_dir, gguf_file=fname, local_files_only=True)
-    model = load_pretrained(
-        AutoModelForCausalLM, src_dir, gguf_file=fname, dtype=torch.float32, local_files_only=True
-    )
+    with HF_LOAD_LOCK, gguf_parsed_once():
+        tok = AutoTokenizer.from_pretrained(src_dir, gguf_file=fname, local_files_only=True)
+        model = load_pretrained(
+            AutoModelForCausalLM, src_dir, gguf_file=fname, dtype=torch.float32, local_files_only=True
+        )
     _strip_gguf_quantizer(model)
     model.save_pretrained(str(out_dir))
     tok.save_pretrained(str(out_dir))

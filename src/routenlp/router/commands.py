@@ -7,7 +7,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from routenlp.cli_utils import console, err_console, friendly_errors, progress, unit_interval, write_json
+from routenlp.cli_utils import (
+    console,
+    err_console,
+    friendly_errors,
+    json_to_stdout,
+    progress,
+    unit_interval,
+    write_json,
+)
 from routenlp.errors import ConfigError
 
 
@@ -50,7 +58,7 @@ def register(app: typer.Typer) -> None:
         reference: Annotated[
             str, typer.Option("--reference", help="quality-target reference: top (the task's top tier) | best")
         ] = "top",
-        json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the training report JSON here")] = None,
+        json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the training report JSON here (- for stdout; the tables then go to stderr)")] = None,
     ) -> None:
         """Train the task-aware router from a quality matrix."""
         from routenlp.config import config_for_matrix
@@ -63,6 +71,7 @@ def register(app: typer.Typer) -> None:
             raise ConfigError(f"--objective must be 'success' or 'paper', got {objective!r}")
         if reference not in ("top", "best"):
             raise ConfigError(f"--reference must be 'top' or 'best', got {reference!r}")
+        json_to_stdout(json_out)
         rows = read_matrix(matrix)
         cfg = config_for_matrix(config, models, matrix_tasks(rows), tau=tau)
         if objective is not None:
@@ -82,8 +91,7 @@ def register(app: typer.Typer) -> None:
         if report.calibration.get("ece"):
             console.print(calibration_table(report))
         if json_out is not None:
-            json_out.parent.mkdir(parents=True, exist_ok=True)
-            json_out.write_text(report.model_dump_json(indent=2) + "\n")
+            write_json(json_out, report.model_dump(mode="json"))
         d = report.decision
         base = report.task_only_baseline
         console.print(
