@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import random
 import sys
 import time
@@ -49,16 +50,17 @@ class Preset:
     # pool: failure clusters are filled with its nearest rows, random rounds draw from it)
     pool_per_task: int = 100
 
-    # measured on 2 cores of a fast machine (quick preset): labelling T1-T4 0.94 s per row;
-    # one round of both strategies side by side: re-labelling T2 0.71 s per row, LoRA 5 s
-    # per distilled example per epoch (x1.25 with the loss passes); answering the pool 0.07
-    # s per row; model conversion and the classifier heads 100 s. A 2 GHz AVX2 machine
-    # took about 2.5x as long for each (see docs/benchmarks.md).
+    # measured on 2 cores of a 2.6 GHz AMD EPYC (Zen 4) with a cold cache (quick preset,
+    # commit f319493): labelling T1-T4 0.94 s per row; one round of both strategies side by
+    # side: re-labelling T2 0.8 s per row, LoRA 3.3 s per distilled example per epoch (x1.25
+    # with the loss passes); answering the pool 0.07 s per row; model conversion and the
+    # classifier heads 71 s. A 2 GHz AVX2 machine took about 2.5x as long for each (see
+    # docs/benchmarks.md).
     LABEL_S_PER_ROW = 0.94
-    RELABEL_S_PER_ROW = 0.71
-    LORA_S_PER_EXAMPLE_EPOCH = 5.0
+    RELABEL_S_PER_ROW = 0.8
+    LORA_S_PER_EXAMPLE_EPOCH = 3.3
     POOL_S_PER_ROW = 0.07
-    SETUP_S = 100.0
+    SETUP_S = 71.0
 
     def estimate_minutes(self, n_tasks: int) -> float:
         rows = self.n_per_task * n_tasks
@@ -215,6 +217,23 @@ def _change_table(change: dict[str, Any], n_test: int) -> Any:
     return t
 
 
+def allowed_misses(certificate: dict[str, Any]) -> int | None:
+    """How many misses (loss-1 rows) a policy may have on the certificate's test half and
+    still pass: CRC needs (k + 1) / (n + 1) <= alpha; the binomial test P(X <= k) <= delta
+    at rate alpha. None for a [0, 1]-valued loss (no count to give)."""
+    from scipy.stats import binom
+
+    n, alpha = certificate.get("n_B"), certificate.get("alpha")
+    if not n or alpha is None or certificate.get("loss", "binary") != "binary":
+        return None
+    if certificate.get("guarantee") == "expected":
+        return max(-1, math.floor(alpha * (n + 1) - 1 + 1e-9))
+    k = -1
+    while k + 1 <= n and binom.cdf(k + 1, n, alpha) <= certificate.get("delta", 0.1):
+        k += 1
+    return k
+
+
 def plain_summary(before: dict[str, Any], after: dict[str, Any], loop: dict[str, Any],
                   certificate: dict[str, Any] | None, top_label: str,
                   change: dict[str, Any] | None = None) -> str:
@@ -267,6 +286,13 @@ def plain_summary(before: dict[str, Any], after: dict[str, Any], loop: dict[str,
                 text += (f"; the same volume of random examples reached {ok_rnd[-1]['cost_ratio']:.2f} "
                          f"at quality {ok_rnd[-1]['quality_ratio']:.2f}")
             text += ". "
+            pinned = abs(float(last[-1]["cost_ratio"]) - float(b["cost_ratio"])) < 1e-9
+            misses = allowed_misses(certificate) if certificate and certificate.get("certified") else None
+            if pinned and misses is not None:
+                text += (f"The served point did not move because the certificate, tested on "
+                         f"{certificate['n_B']} calibration rows, allows at most {misses} "
+                         f"miss{'' if misses == 1 else 'es'} there, and no cheaper candidate passed that test "
+                         f"before or after the round; the round's effect shows on the rest of the curve. ")
             if b["cost_at_q97"] is not None and a["cost_at_q97"] is not None:
                 text += (f"At equal quality (ratio 0.97 on the cost-quality curve) the cheapest "
                          f"RouteNLP point cost {b['cost_at_q97']:.2f}{ci(b['cost_at_q97_ci'])} before the "

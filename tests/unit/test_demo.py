@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from routenlp.bench.bootstrap import default_point_intervals
 from routenlp.cli import app
 from routenlp.config import parse_config
-from routenlp.demo import PRESETS, _split_matrix, meets_tau_table, plain_summary
+from routenlp.demo import PRESETS, _split_matrix, allowed_misses, meets_tau_table, plain_summary
 from routenlp.matrix import MatrixRow, Outcome
 
 
@@ -124,3 +124,24 @@ def test_a_tier_that_failed_everywhere_stops_the_demo() -> None:
         _fail_on_dead_tiers(cfg, rows)
     rows[0].outcomes["T4"] = Outcome(quality=0.5, cost=0.8)
     _fail_on_dead_tiers(cfg, rows)  # one answer: a flaky tier, not a dead one
+
+
+def test_allowed_misses_of_the_certificate() -> None:
+    crc = {"certified": True, "guarantee": "expected", "loss": "binary", "alpha": 0.0297, "delta": 0.1}
+    assert allowed_misses({**crc, "n_B": 54}) == 0  # (0 + 1) / 55 = 0.018 <= alpha < 2 / 55
+    assert allowed_misses({**crc, "n_B": 108}) == 2  # 3 / 109 = 0.0275 <= alpha < 4 / 109
+    assert allowed_misses({**crc, "n_B": 20}) == -1  # not even a policy without a miss
+    hp = {"certified": True, "guarantee": "high-probability", "loss": "binary", "alpha": 0.05, "delta": 0.1}
+    assert allowed_misses({**hp, "n_B": 100}) == 1  # P(X <= 1) = 0.037, P(X <= 2) = 0.118 at rate 0.05
+    assert allowed_misses({**crc, "n_B": 54, "loss": "bounded"}) is None
+
+
+def test_plain_summary_says_why_the_served_point_stayed() -> None:
+    loop = {"rounds": [{"round": 1, "strategy": "targeted", "status": "accepted", "cost_ratio": 0.5,
+                        "quality_ratio": 1.0}]}
+    cert = {"certified": True, "alpha": 0.0297, "delta": 0.1, "n_B": 54, "guarantee": "expected",
+            "measure": "bar", "loss": "binary"}
+    text = plain_summary(_results(1.0, 0.5, 0.4), _results(1.0, 0.5, 0.35), loop, cert, "T4")
+    assert "did not move because the certificate, tested on 54 calibration rows, allows at most 0 misses" in text
+    moved = {"rounds": [{**loop["rounds"][0], "cost_ratio": 0.3}]}
+    assert "did not move" not in plain_summary(_results(1.0, 0.5, 0.4), _results(1.0, 0.3, 0.3), moved, cert, "T4")
