@@ -195,26 +195,67 @@ CHANGE_LABELS = {
 }
 
 
-def _change_table(change: dict[str, Any], n_test: int) -> Any:
+def round_label(r: dict[str, Any]) -> str:
+    return f"{r['strategy']} round {r['round']}" + (" (promoted)" if r.get("promoted") else "")
+
+
+def _change_table(rounds: list[dict[str, Any]], n_test: int) -> Any:
+    """What each strategy's last accepted round changed for RouteNLP: the promoted round and
+    the ablation side by side, each paired against the same before."""
     from rich.table import Table
 
-    t = Table(title=f"What the promoted round changed for RouteNLP (paired over the same {n_test} test queries)",
+    t = Table(title=f"What each round changed for RouteNLP (paired over the same {n_test} test queries)",
               caption="change = after - before; 95% paired-bootstrap interval of the change (1,000 "
                       "resamples); * the interval excludes 0; - the curve never reaches that point")
-    for col in ("number", "before", "after", "change [95% CI]"):
-        t.add_column(col, justify="left" if col == "number" else "right")
+    t.add_column("number")
+    t.add_column("before", justify="right")
+    for r in rounds:
+        t.add_column(f"{round_label(r)}: after", justify="right")
+        t.add_column("change [95% CI]", justify="right")
 
     def f(x: Any) -> str:
         return "-" if x is None else f"{x:.3f}"
 
     for key, label in CHANGE_LABELS.items():
-        c = change.get(key)
-        if not c:
-            continue
-        lo, hi = c["ci"]
-        t.add_row(label, f(c["before"]), f(c["after"]),
-                  f"{f(c['diff'])} [{f(lo)}, {f(hi)}]" + (" *" if c["excludes_zero"] else ""))
+        ms = [r["metrics"].get(key) for r in rounds]
+        cells = [label, f(next((m["before"] for m in ms if m), None))]
+        for m in ms:
+            if not m:
+                cells += ["-", "-"]
+                continue
+            lo, hi = m["ci"]
+            cells += [f(m["after"]), f"{f(m['diff'])} [{f(lo)}, {f(hi)}]" + (" *" if m["excludes_zero"] else "")]
+        t.add_row(*cells)
     return t
+
+
+def _ablation_changes(cfg: EnsembleConfig, loop_dir: Path, loop: dict[str, Any], primary: str,
+                      before: Any, seed: int) -> list[dict[str, Any]]:
+    """The paired change of every other strategy's last accepted round against the same
+    before (RouteNLP only, no baselines): "targeted beats random" is then a claim the tables
+    can check, not one the demo makes for it."""
+    from routenlp.bench.harness import evaluate
+    from routenlp.conformal import Thresholds
+    from routenlp.conformal.certify import PolicyArtifact
+    from routenlp.loop.rounds import config_with_tiers
+    from routenlp.router.inference import Router
+
+    out = []
+    for strategy in dict.fromkeys(r["strategy"] for r in loop.get("rounds", [])):
+        ok = [r for r in loop["rounds"] if r["strategy"] == strategy and r.get("round", 0) > 0
+              and r["status"] == "accepted"]
+        if strategy in (primary, "baseline") or not ok:
+            continue
+        rd = loop_dir / "rounds" / strategy / f"round-{ok[-1]['round']}"
+        art = rd / "artifacts"
+        c = config_with_tiers(cfg, art)
+        train, cal, test = (read_matrix(rd / "matrices" / f"{s}.jsonl") for s in ("train", "cal", "test"))
+        res = evaluate(c, test, router=Router.load(art / "router", c), thresholds=Thresholds.load(art / "thresholds.json"),
+                       policy=PolicyArtifact.load(art / "policy.json"), baselines="none", train_rows=train,
+                       cal_rows=cal, seed=seed, bootstrap=0)
+        out.append({"strategy": strategy, "round": ok[-1]["round"], "promoted": False,
+                    "metrics": res.change_against(before, "routenlp", seed=seed)})
+    return out
 
 
 def allowed_misses(certificate: dict[str, Any]) -> int | None:
@@ -236,7 +277,8 @@ def allowed_misses(certificate: dict[str, Any]) -> int | None:
 
 def plain_summary(before: dict[str, Any], after: dict[str, Any], loop: dict[str, Any],
                   certificate: dict[str, Any] | None, top_label: str,
-                  change: dict[str, Any] | None = None) -> str:
+                  change: dict[str, Any] | None = None,
+                  ablations: list[dict[str, Any]] | None = None) -> str:
     """One paragraph a newcomer can read: what was saved, at what quality, with which guarantee."""
     b, a = _system_row(before, "routenlp"), _system_row(after, "routenlp")
 
@@ -306,6 +348,13 @@ def plain_summary(before: dict[str, Any], after: dict[str, Any], loop: dict[str,
                     text += (f"; paired over the same test queries the change is {m['diff']:+.2f} "
                              f"(95% interval {lo:+.2f} to {hi:+.2f}), {verdict}")
                 text += ". "
+                for ab in ablations or []:
+                    m = ab["metrics"].get(MATCHED) or {}
+                    if m.get("diff") is not None and None not in (m.get("ci") or [None]):
+                        lo, hi = m["ci"]
+                        text += (f"The {ab['strategy']} round of the same volume changed it by "
+                                 f"{m['diff']:+.2f} (95% interval {lo:+.2f} to {hi:+.2f}"
+                                 f"{', excludes 0' if m.get('excludes_zero') else ''}). ")
             qc = (change or {}).get("quality_at_cost_0.16")
             if qc and qc.get("diff") is not None and None not in qc["ci"]:
                 lo, hi = qc["ci"]
@@ -526,6 +575,7 @@ def _run(cfg: EnsembleConfig, out: Path, p: Preset, seed: int, stage: Any, conso
     before = results_with_intervals(res, seed)
     res_before = res
     change: dict[str, Any] | None = None
+    by_round: list[dict[str, Any]] = []
     res.write_per_query(out / "per_query_before.jsonl")
     write_json_file(out / "results_before.json", before)
     console.print(results_table(before))
@@ -574,9 +624,13 @@ def _run(cfg: EnsembleConfig, out: Path, p: Preset, seed: int, stage: Any, conso
                 )
             after = results_with_intervals(res, seed)
             change = res.change_against(res_before, "routenlp", seed=seed)
+            meta = json.loads((loop_dir / "serving.json").read_text())
+            by_round = [{"strategy": meta["strategy"], "round": meta["round"], "promoted": True,
+                         "metrics": change}]
+            by_round += _ablation_changes(cfg, loop_dir, loop_doc, meta["strategy"], res_before, seed)
             after["loop_change"] = {"system": "routenlp", "n_test": res.n_test, "paired_resamples": 1000,
-                                    "metrics": change}
-            console.print(_change_table(change, res.n_test))
+                                    "metrics": change, "rounds": by_round}
+            console.print(_change_table(by_round, res.n_test))
             cert = promoted.certificate
         else:
             console.print("no round was accepted: serving stays at the baseline")
@@ -589,7 +643,8 @@ def _run(cfg: EnsembleConfig, out: Path, p: Preset, seed: int, stage: Any, conso
     console.print(_main_table(after, before if after is not before else None,
                               f"Main table: test split, ratios against always-{top_label}"))
     cert_json = cert.model_dump(mode="json")
-    text = plain_summary(before, after, loop_doc, cert_json, top_label, change)
+    text = plain_summary(before, after, loop_doc, cert_json, top_label, change,
+                         ablations=[r for r in by_round if not r["promoted"]])
     clusters, gains = _first_round_clusters(loop_dir, loop_doc)
     write_html(after, out / "report.html", title="RouteNLP demo: built-in workload, local CPU ensemble",
                summary=text, loop=loop_doc if loop_doc.get("rounds") else None, clusters=clusters, gains=gains)
@@ -600,7 +655,8 @@ def _run(cfg: EnsembleConfig, out: Path, p: Preset, seed: int, stage: Any, conso
         "meets_tau": meets, "certificate": cert_json,
         "before": _system_row(before, "routenlp"), "after": _system_row(after, "routenlp"),
         "systems": {n: _system_row(after, n) for n in after["systems"]},
-        "rounds": table_rows(loop_doc.get("rounds", [])), "loop_change": change, "summary": text,
+        "rounds": table_rows(loop_doc.get("rounds", [])), "loop_change": change,
+        "loop_change_by_round": by_round, "summary": text,
     }
 
 

@@ -140,7 +140,16 @@ def test_loop_change_is_paired_and_matches_both_tables(demo_out: Path) -> None:
     for side, doc in (("before", before), ("after", after)):
         assert m[q97][side] == (pytest.approx(doc["matched"]["routenlp"][q97])
                                 if doc["matched"]["routenlp"][q97] is not None else None)
-    assert "What the promoted round changed" in (demo_out / "report.html").read_text()
+    # every strategy's last accepted round, paired against the same before; the promoted first
+    rounds = change["rounds"]
+    assert rounds[0]["promoted"] and rounds[0]["metrics"] == m
+    assert serving["strategy"] == rounds[0]["strategy"]
+    for r in rounds[1:]:
+        assert not r["promoted"] and r["strategy"] != rounds[0]["strategy"]
+        assert r["metrics"][q97]["before"] == m[q97]["before"]
+        assert r["metrics"]["cost_ratio"]["before"] == pytest.approx(m["cost_ratio"]["before"])
+    page = (demo_out / "report.html").read_text()
+    assert "What the rounds changed" in page and f"{rounds[0]['strategy']} round" in page
 
 
 def test_report_references_every_plot(demo_out: Path) -> None:

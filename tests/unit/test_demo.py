@@ -145,3 +145,19 @@ def test_plain_summary_says_why_the_served_point_stayed() -> None:
     assert "did not move because the certificate, tested on 54 calibration rows, allows at most 0 misses" in text
     moved = {"rounds": [{**loop["rounds"][0], "cost_ratio": 0.3}]}
     assert "did not move" not in plain_summary(_results(1.0, 0.5, 0.4), _results(1.0, 0.3, 0.3), moved, cert, "T4")
+
+
+def test_plain_summary_reports_the_ablation_round_beside_the_promoted_one() -> None:
+    loop = {"rounds": [{"round": 1, "strategy": "targeted", "status": "accepted", "cost_ratio": 0.5,
+                        "quality_ratio": 1.0}]}
+    cert = {"certified": True, "alpha": 0.03, "delta": 0.1, "n_B": 90, "guarantee": "expected", "measure": "bar"}
+
+    def change(diff: float, ci: list[float]) -> dict[str, object]:
+        return {"cost_ratio_at_quality_0.97": {"before": 0.4, "after": 0.4 + diff, "diff": diff, "ci": ci,
+                                               "excludes_zero": ci[0] > 0 or ci[1] < 0}}
+
+    text = plain_summary(_results(1.0, 0.5, 0.4), _results(1.0, 0.5, 0.38), loop, cert, "T4",
+                         change(-0.02, [-0.15, 0.03]),
+                         ablations=[{"strategy": "random", "round": 1, "metrics": change(-0.05, [-0.11, -0.01])}])
+    assert "does not establish a change" in text
+    assert "The random round of the same volume changed it by -0.05 (95% interval -0.11 to -0.01, excludes 0)" in text

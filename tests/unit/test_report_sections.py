@@ -144,3 +144,23 @@ def test_nonblank_counts_pixels_off_the_background(tmp_path: Path) -> None:
     assert content_height(tmp_path / "p.png") == 20
     image.imsave(tmp_path / "w.png", np.ones((10, 10, 3)))
     assert nonblank(tmp_path / "w.png") == 0.0 and content_height(tmp_path / "w.png") == 0
+
+
+
+def test_change_html_puts_the_ablation_beside_the_promoted_round() -> None:
+    from routenlp.report.html import change_html
+
+    def metrics(diff: float, lo: float, hi: float) -> dict[str, object]:
+        return {"cost_ratio_at_quality_0.97": {"before": 0.42, "after": 0.42 + diff, "diff": diff,
+                                               "ci": [lo, hi], "excludes_zero": hi < 0 or lo > 0}}
+
+    change = {"system": "routenlp", "n_test": 60, "paired_resamples": 1000, "metrics": metrics(-0.02, -0.15, 0.03),
+              "rounds": [{"strategy": "targeted", "round": 1, "promoted": True, "metrics": metrics(-0.02, -0.15, 0.03)},
+                         {"strategy": "random", "round": 1, "promoted": False, "metrics": metrics(-0.05, -0.11, -0.01)}]}
+    page = change_html(change)
+    assert "targeted round 1 (promoted): after" in page and "random round 1: after" in page
+    assert page.count("<tr>") == 2  # header + the one metric both rounds have
+    assert page.count('class="sig"') == 2  # the random change (excludes 0) and the legend
+    legacy = change_html({"system": "routenlp", "n_test": 60, "metrics": metrics(-0.02, -0.15, 0.03)})
+    assert "What the rounds changed" in legacy and "0.420" in legacy
+    assert change_html(None) == "" and change_html({"metrics": {}}) == ""

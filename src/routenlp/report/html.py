@@ -213,28 +213,42 @@ CHANGE_ROWS = (
 
 
 def change_html(change: dict[str, Any] | None) -> str:
-    """The promoted round's effect on one system, paired over the same test queries
-    (`results["loop_change"]`, written by the demo)."""
+    """What the loop's rounds changed for one system, each paired against the same before
+    over the same test queries (`results["loop_change"]`, written by the demo): the
+    promoted round and, in `rounds`, the ablation beside it."""
     if not isinstance(change, dict) or not isinstance(change.get("metrics"), dict):
         return ""
+    rounds = [r for r in change.get("rounds") or [] if isinstance(r, dict) and isinstance(r.get("metrics"), dict)]
+    if not rounds:
+        rounds = [{"strategy": "promoted", "round": "", "metrics": change["metrics"]}]
+    head = "".join(
+        f"<th>{html.escape(str(r.get('strategy')))} round {_fmt(r.get('round'))}"
+        f"{' (promoted)' if r.get('promoted') else ''}: after</th><th>change [95% CI]</th>" for r in rounds)
     rows = []
     for key, label in CHANGE_ROWS:
-        m = change["metrics"].get(key)
-        if not isinstance(m, dict):
+        ms = [r["metrics"].get(key) for r in rounds]
+        if not any(isinstance(m, dict) for m in ms):
             continue
-        ci = m.get("ci") or [None, None]
-        sig = ' <b class="sig">*</b>' if m.get("excludes_zero") else ""
-        rows.append(f"<tr><td class=\"text\">{html.escape(label)}</td><td>{_fmt(m.get('before'))}</td>"
-                    f"<td>{_fmt(m.get('after'))}</td><td>{_fmt(m.get('diff'))} [{_fmt(ci[0])}, {_fmt(ci[1])}]{sig}</td></tr>")
+        before = next(m.get("before") for m in ms if isinstance(m, dict))
+        cells = ""
+        for m in ms:
+            if not isinstance(m, dict):
+                cells += "<td>—</td><td>—</td>"
+                continue
+            ci = m.get("ci") or [None, None]
+            sig = ' <b class="sig">*</b>' if m.get("excludes_zero") else ""
+            cells += f"<td>{_fmt(m.get('after'))}</td><td>{_fmt(m.get('diff'))} [{_fmt(ci[0])}, {_fmt(ci[1])}]{sig}</td>"
+        rows.append(f"<tr><td class=\"text\">{html.escape(label)}</td><td>{_fmt(before)}</td>{cells}</tr>")
     if not rows:
         return ""
     return (
-        f"<h3>What the promoted round changed for {html.escape(str(change.get('system', 'routenlp')))}</h3>"
-        "<table><tr><th class=\"text\">number</th><th>before</th><th>after</th><th>change [95% CI]</th></tr>"
+        f"<h3>What the rounds changed for {html.escape(str(change.get('system', 'routenlp')))}</h3>"
+        f"<table><tr><th class=\"text\">number</th><th>before</th>{head}</tr>"
         f"{''.join(rows)}</table>"
         f'<p class="note">Paired over the same {_fmt(change.get("n_test"))} test queries (change = after - before; '
         f'{_fmt(change.get("paired_resamples"))} bootstrap resamples); <b class="sig">*</b>: the interval of the '
-        "change excludes zero; — the curve never reaches that point.</p>"
+        "change excludes zero; — the curve never reaches that point. The promoted round is served; the others "
+        "are the ablation, evaluated the same way.</p>"
     )
 
 
