@@ -411,8 +411,8 @@ def register(app: typer.Typer) -> None:
     def demo_cmd(
         preset: str = typer.Option(
             "quick", "--preset",
-            help="tiny (CI smoke test), quick (40 rows per task; estimated 13 min cold plus install "
-            "on a fast 2-core machine, measured 32-40 min on a 2 GHz AVX2 one; under a minute warm) or "
+            help="tiny (CI smoke test), quick (40 rows per task; measured 13.5 min cold with install "
+            "on a 2-core 2.6 GHz Zen 4, about 40 min on a 2 GHz AVX2 one; about 33 s warm) or "
             "full (200 rows per task, 3 rounds; prints its estimate first)",
         ),
         out: Path = typer.Option(Path("runs/demo"), "--out", help="working directory"),
