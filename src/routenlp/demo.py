@@ -345,15 +345,15 @@ def plain_summary(before: dict[str, Any], after: dict[str, Any], loop: dict[str,
                     verdict = ("so the round lowered cost at equal quality" if hi < 0 else
                                "so the round raised cost at equal quality" if lo > 0 else
                                "so one round on this many test queries does not establish a change")
-                    text += (f"; paired over the same test queries the change is {m['diff']:+.2f} "
-                             f"(95% interval {lo:+.2f} to {hi:+.2f}), {verdict}")
+                    text += (f"; paired over the same test queries the change is {m['diff']:+.3f} "
+                             f"(95% interval {lo:+.3f} to {hi:+.3f}), {verdict}")
                 text += ". "
                 for ab in ablations or []:
                     m = ab["metrics"].get(MATCHED) or {}
                     if m.get("diff") is not None and None not in (m.get("ci") or [None]):
                         lo, hi = m["ci"]
                         text += (f"The {ab['strategy']} round of the same volume changed it by "
-                                 f"{m['diff']:+.2f} (95% interval {lo:+.2f} to {hi:+.2f}"
+                                 f"{m['diff']:+.3f} (95% interval {lo:+.3f} to {hi:+.3f}"
                                  f"{', excludes 0' if m.get('excludes_zero') else ''}). ")
             qc = (change or {}).get("quality_at_cost_0.16")
             if qc and qc.get("diff") is not None and None not in qc["ci"]:

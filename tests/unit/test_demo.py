@@ -106,7 +106,7 @@ def test_plain_summary_reads_the_paired_change_honestly() -> None:
                                                  "excludes_zero": ci[0] > 0 or ci[1] < 0}}
         return plain_summary(_results(1.0, 0.5, 0.4), _results(0.97, 0.3, 0.31), loop, cert, "T4", change)
 
-    assert "change is -0.09 (95% interval -0.15 to -0.02), so the round lowered cost" in text([-0.15, -0.02])
+    assert "change is -0.090 (95% interval -0.150 to -0.020), so the round lowered cost" in text([-0.15, -0.02])
     assert "does not establish a change" in text([-0.15, 0.01])
     assert "raised cost" in text([0.01, 0.2])
 
@@ -160,4 +160,4 @@ def test_plain_summary_reports_the_ablation_round_beside_the_promoted_one() -> N
                          change(-0.02, [-0.15, 0.03]),
                          ablations=[{"strategy": "random", "round": 1, "metrics": change(-0.05, [-0.11, -0.01])}])
     assert "does not establish a change" in text
-    assert "The random round of the same volume changed it by -0.05 (95% interval -0.11 to -0.01, excludes 0)" in text
+    assert "The random round of the same volume changed it by -0.050 (95% interval -0.110 to -0.010, excludes 0)" in text
