@@ -235,10 +235,6 @@ def _ablation_changes(cfg: EnsembleConfig, loop_dir: Path, loop: dict[str, Any],
     before (RouteNLP only, no baselines): "targeted beats random" is then a claim the tables
     can check, not one the demo makes for it."""
     from routenlp.bench.harness import evaluate
-    from routenlp.conformal import Thresholds
-    from routenlp.conformal.certify import PolicyArtifact
-    from routenlp.loop.rounds import config_with_tiers
-    from routenlp.router.inference import Router
 
     out = []
     for strategy in dict.fromkeys(r["strategy"] for r in loop.get("rounds", [])):
@@ -246,13 +242,10 @@ def _ablation_changes(cfg: EnsembleConfig, loop_dir: Path, loop: dict[str, Any],
               and r["status"] == "accepted"]
         if strategy in (primary, "baseline") or not ok:
             continue
-        rd = loop_dir / "rounds" / strategy / f"round-{ok[-1]['round']}"
-        art = rd / "artifacts"
-        c = config_with_tiers(cfg, art)
-        train, cal, test = (read_matrix(rd / "matrices" / f"{s}.jsonl") for s in ("train", "cal", "test"))
-        res = evaluate(c, test, router=Router.load(art / "router", c), thresholds=Thresholds.load(art / "thresholds.json"),
-                       policy=PolicyArtifact.load(art / "policy.json"), baselines="none", train_rows=train,
-                       cal_rows=cal, seed=seed, bootstrap=0)
+        c, train, cal, test, router, thresholds, policy = _round_inputs(
+            cfg, loop_dir / "rounds" / strategy / f"round-{ok[-1]['round']}")
+        res = evaluate(c, test, router=router, thresholds=thresholds, policy=policy, baselines="none",
+                       train_rows=train, cal_rows=cal, seed=seed, bootstrap=0)
         out.append({"strategy": strategy, "round": ok[-1]["round"], "promoted": False,
                     "metrics": res.change_against(before, "routenlp", seed=seed)})
     return out
@@ -393,14 +386,28 @@ def _main_table(results: dict[str, Any], before: dict[str, Any] | None, title: s
     return t
 
 
-def _serving_round(loop_dir: Path, loop: dict[str, Any]) -> tuple[Path, Path]:
-    """(artifacts dir, matrices dir) of what serving/ holds: the primary strategy's last
-    accepted round, else the baseline (matrices: the demo's own split files)."""
+def _serving_round(loop_dir: Path) -> tuple[dict[str, Any], Path | None]:
+    """(serving.json, the round directory it points at): the primary strategy's last
+    accepted round, or None when serving/ still holds the baseline."""
     meta = json.loads((loop_dir / "serving.json").read_text())
     if meta.get("round", 0) == 0:
-        return loop_dir / "baseline" / "artifacts", Path()
-    rd = loop_dir / "rounds" / meta["strategy"] / f"round-{meta['round']}"
-    return rd / "artifacts", rd / "matrices"
+        return meta, None
+    return meta, loop_dir / "rounds" / meta["strategy"] / f"round-{meta['round']}"
+
+
+def _round_inputs(cfg: EnsembleConfig, round_dir: Path) -> tuple[Any, ...]:
+    """What a round's evaluation needs, from its directory: (config with the round's tiers,
+    train, cal, test matrices, router, per-tier thresholds, certified policy)."""
+    from routenlp.conformal import Thresholds
+    from routenlp.conformal.certify import PolicyArtifact
+    from routenlp.loop.rounds import config_with_tiers
+    from routenlp.router.inference import Router
+
+    art = round_dir / "artifacts"
+    c = config_with_tiers(cfg, art)
+    train, cal, test = (read_matrix(round_dir / "matrices" / f"{s}.jsonl") for s in ("train", "cal", "test"))
+    return (c, train, cal, test, Router.load(art / "router", c), Thresholds.load(art / "thresholds.json"),
+            PolicyArtifact.load(art / "policy.json"))
 
 
 def register(app: typer.Typer) -> None:
@@ -603,20 +610,12 @@ def _run(cfg: EnsembleConfig, out: Path, p: Preset, seed: int, stage: Any, conso
 
         t0 = time.perf_counter()
         console.rule("[bold]9. re-evaluation of what the loop promoted, against every baseline")
-        art, mdir = _serving_round(loop_dir, loop_doc)
-        if mdir != Path():
-            from routenlp.loop.rounds import config_with_tiers
-
-            cfg_after = config_with_tiers(cfg, art)
-            train_a, cal_a, test_a = (read_matrix(mdir / f"{s}.jsonl") for s in ("train", "cal", "test"))
-            from routenlp.conformal.certify import PolicyArtifact
-            from routenlp.conformal import Thresholds
-
-            promoted = PolicyArtifact.load(art / "policy.json")
+        meta, round_dir = _serving_round(loop_dir)
+        if round_dir is not None:
+            cfg_after, train_a, cal_a, test_a, router_a, thresholds_a, promoted = _round_inputs(cfg, round_dir)
             with progress() as bar:
                 res = evaluate(
-                    cfg_after, test_a, router=Router.load(art / "router", cfg_after),
-                    thresholds=Thresholds.load(art / "thresholds.json"),
+                    cfg_after, test_a, router=router_a, thresholds=thresholds_a,
                     policy=promoted, baselines="all",
                     train_rows=train_a, cal_rows=cal_a, seed=seed, bootstrap=200,
                     matrix_name="built-in workload (local CPU ensemble), after the loop",
@@ -624,7 +623,6 @@ def _run(cfg: EnsembleConfig, out: Path, p: Preset, seed: int, stage: Any, conso
                 )
             after = results_with_intervals(res, seed)
             change = res.change_against(res_before, "routenlp", seed=seed)
-            meta = json.loads((loop_dir / "serving.json").read_text())
             by_round = [{"strategy": meta["strategy"], "round": meta["round"], "promoted": True,
                          "metrics": change}]
             by_round += _ablation_changes(cfg, loop_dir, loop_doc, meta["strategy"], res_before, seed)
