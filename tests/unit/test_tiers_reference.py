@@ -139,3 +139,38 @@ def test_local_cpu_example_uses_it_unless_a_real_t4_is_set(monkeypatch: pytest.M
     cfg = load_config(ROOT / "examples" / "local-cpu.yaml")
     assert cfg.tier("T4").kind == "openai_compat" and cfg.tier("T4").model == "frontier"
     assert [t.name for t in cfg.tiers].count("T4") == 1
+
+
+class Echo(BaseTier):
+    """A fallback that answers each request with its id and counts the requests it saw."""
+
+    def __init__(self, config: object) -> None:
+        super().__init__(config)  # type: ignore[arg-type]
+        self.seen: list[str] = []
+
+    def generate_batch(self, requests: Sequence[Request]) -> list[Generation]:
+        self.seen += [str(r.id) for r in requests]
+        return [Generation(text=f"answer to {r.id}") for r in requests]
+
+
+def test_labelling_serves_the_frontiers_errors_from_the_fallbacks_own_column(tmp_path: Path) -> None:
+    """Labelled side by side, the fallback model answers each prompt once: the simulated
+    frontier's errors take its answers from the same batch, and the tier gets its real
+    fallback back afterwards."""
+    from routenlp.labeling import label_rows
+    from routenlp.matrix import read_matrix
+
+    cfg = ensemble(error_rate=1.0, fallback_tier="T3")
+    t3 = Echo(cfg.tier("T3"))
+    t4 = build_tier(cfg.tier("T4"), cfg)
+    rows = [{"id": f"r{i}", "task": "cs_intent", "input": f"message {i}", "reference": "billing"}
+            for i in range(5)]
+    label_rows(cfg, rows, tmp_path / "m.jsonl", tiers={"T3": t3, "T4": t4}, use_cache=False)
+    assert sorted(t3.seen) == [f"r{i}" for i in range(5)]  # once each, not twice
+    got = read_matrix(tmp_path / "m.jsonl")
+    assert all(r.outcomes["T4"].response == r.outcomes["T3"].response == f"answer to {r.id}" for r in got)
+    assert t4._fallback is t3  # type: ignore[attr-defined]
+    # the frontier alone (the demo's traffic pool) still asks its fallback itself
+    label_rows(cfg, rows, tmp_path / "pool.jsonl", tiers={"T3": t3, "T4": t4}, tier_names=["T4"],
+               use_cache=False)
+    assert len(t3.seen) == 10
