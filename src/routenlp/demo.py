@@ -18,6 +18,7 @@ import math
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ class Preset:
     lora_loss: bool = False  # measure the set's loss before/after LoRA (two extra passes)
     lora_batch: int = 8  # LoRA batch size
     lora_lr: float = 1e-3  # LoRA learning rate (scaled with the batch size)
+    priority: str = "spend"  # failure-cluster ranking of the targeted rounds (loop/cluster.py)
     # logged traffic per task outside the matrix, answered by the top tier only (the loop's
     # pool: failure clusters are filled with its nearest rows, random rounds draw from it)
     pool_per_task: int = 100
@@ -433,6 +435,10 @@ def register(app: typer.Typer) -> None:
         ),
         rounds: int | None = typer.Option(None, "--rounds", min=0, help="override the preset: loop rounds per strategy (0: no loop)"),
         seed: int = typer.Option(13, "--seed"),
+        priority: str | None = typer.Option(
+            None, "--priority",
+            help="override the preset: failure-cluster ranking of the targeted rounds, spend "
+            "(gap x the top tier's cost, summed; the default) or gap (size x mean gap, the paper's)"),
         as_json: bool = typer.Option(False, "--json", help="print the final summary JSON on stdout (tables go to stderr)"),
     ) -> None:
         """Run the whole story on the built-in workload with local models: label, route,
@@ -446,6 +452,12 @@ def register(app: typer.Typer) -> None:
             p = replace(p, n_per_task=n_per_task)
         if rounds is not None:
             p = replace(p, rounds=rounds)
+        if priority is not None:
+            from routenlp.loop.cluster import PRIORITIES
+
+            if priority not in PRIORITIES:
+                raise DataError(f"--priority must be one of {', '.join(PRIORITIES)}, got {priority!r}")
+            p = replace(p, priority=priority)
         t_start = time.perf_counter()
         out.mkdir(parents=True, exist_ok=True)
         cfg = _demo_config(config, out)
@@ -506,25 +518,27 @@ def _run(cfg: EnsembleConfig, out: Path, p: Preset, seed: int, stage: Any, conso
     stage("workload", t0)
 
     t0 = time.perf_counter()
-    console.rule("[bold]2. local models (converted once, cached in the user cache directory)")
+    console.rule("[bold]2. local models (converted once, cached in the user cache directory) "
+                 "and 3. classifier tier heads (fitted meanwhile)")
     models = list(dict.fromkeys(t.model for t in cfg.tiers if t.kind == "local" and t.model))
-    _pull_side_by_side(models, console, progress)
-    stage("models", t0)
 
-    t0 = time.perf_counter()
-    console.rule("[bold]3. classifier tier heads")
-    for tier in cfg.tiers:
-        if tier.kind != "classifier":
-            continue
-        for task in cfg.task_names:
-            if tier.serves(task):
-                m = fit_classifier_head(tier, data_dir / task / "train.jsonl")
-                console.print(
-                    f"{tier.name} / {task}: {len(m['labels'])} labels, n={m['n']}, "
-                    f"train accuracy {_acc(m['train_accuracy'])}, "
-                    f"validation accuracy {_acc(m['val_accuracy'])}"
-                )
-    stage("classifier", t0)
+    def fit_heads() -> None:
+        t_heads = time.perf_counter()
+        for tier in cfg.tiers:
+            if tier.kind != "classifier":
+                continue
+            for task in cfg.task_names:
+                if tier.serves(task):
+                    m = fit_classifier_head(tier, data_dir / task / "train.jsonl")
+                    console.print(
+                        f"{tier.name} / {task}: {len(m['labels'])} labels, n={m['n']}, "
+                        f"train accuracy {_acc(m['train_accuracy'])}, "
+                        f"validation accuracy {_acc(m['val_accuracy'])}"
+                    )
+        stage("classifier", t_heads)
+
+    _pull_side_by_side(models, console, progress, meanwhile=fit_heads)
+    stage("models", t0)
 
     t0 = time.perf_counter()
     console.rule("[bold]4. labelling (every tier on every query)")
@@ -596,7 +610,7 @@ def _run(cfg: EnsembleConfig, out: Path, p: Preset, seed: int, stage: Any, conso
         console.rule("[bold]8. closed loop: mine -> cluster -> distil -> re-label -> retrain -> re-certify")
         opts = LoopOptions(
             rounds=p.rounds, strategies=("targeted", "random"), seed=seed, tiers=_cheap_tiers(cfg),
-            max_per_tier=p.max_per_tier, min_cluster=p.min_cluster, parallel=True, pool=pool,
+            max_per_tier=p.max_per_tier, min_cluster=p.min_cluster, priority=p.priority, parallel=True, pool=pool,
             # one torch thread per chain: the two chains run side by side on 2 cores
             lora=LoraSettings(epochs=p.epochs, batch_size=p.lora_batch, lr=p.lora_lr, seed=seed, threads=1,
                               measure_loss=p.lora_loss),
@@ -712,12 +726,14 @@ def _pull_one(name: str) -> float:
     return time.perf_counter() - t0
 
 
-def _pull_side_by_side(models: list[str], console: Any, progress: Any) -> None:
+def _pull_side_by_side(models: list[str], console: Any, progress: Any,
+                       meanwhile: Callable[[], None] = lambda: None) -> None:
     """Convert the local models in parallel processes (one model's tokenizer conversion
     overlaps the other's de-quantisation; transformers' lazy imports are not safe to
-    run from two threads of one process). Models already converted are verified in this
-    process by `pull` (a broken cache entry is rebuilt); a conversion error in a worker
-    comes back as the worker's own exception."""
+    run from two threads of one process), running `meanwhile` in this process while they
+    convert (the smaller model finishes first and leaves a core idle). Models already
+    converted are verified in this process by `pull` (a broken cache entry is rebuilt); a
+    conversion error in a worker comes back as the worker's own exception."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -730,11 +746,13 @@ def _pull_side_by_side(models: list[str], console: Any, progress: Any) -> None:
             with progress() as bar:
                 pull(m, progress=bar)
     if not parallel:
+        meanwhile()
         return
-    with progress() as bar:
-        task = bar.add_task(f"converting {', '.join(parallel)} (side by side)", total=len(parallel))
-        with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {m: pool.submit(_pull_one, m) for m in parallel}
+    with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {m: pool.submit(_pull_one, m) for m in parallel}
+        meanwhile()
+        with progress() as bar:
+            task = bar.add_task(f"converting {', '.join(parallel)} (side by side)", total=len(parallel))
             for m, f in futures.items():
                 secs = f.result()
                 bar.advance(task)
