@@ -1,5 +1,6 @@
 """Failure clustering: planted clusters are recovered, k is chosen by silhouette, the
-planted worst (size x gap) ranks first, and the report is complete and saved as JSON."""
+planted worst (size x gap) ranks first under the paper's priority and the most expensive
+under `spend`, and the report is complete and saved as JSON."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def planted() -> list[Failure]:
 
 
 def test_planted_worst_cluster_ranks_first(tmp_path: Path) -> None:
-    rep = cluster_failures(planted(), fake_embed, k_range=(2, 6), seed=3)
+    rep = cluster_failures(planted(), fake_embed, k_range=(2, 6), seed=3, priority="gap")
     assert rep.k_by_task["t1"] == 3
     first, second, third = rep.clusters[:3]
     assert first.task == "t1" and {i.rstrip("0123456789") for i in first.ids} == {"worst"} and first.size == 10
@@ -71,3 +72,32 @@ def test_task_vector_and_tiny_tasks() -> None:
     fs = [Failure(id=f"x{i}", task="tiny", query=f"mid-{i}", gap=1.0, tiers=["T2"], top_tier="T3") for i in range(2)]
     rep = cluster_failures(fs, fake_embed, task_vectors={"tiny": np.ones(4)}, k_range=(2, 8))
     assert len(rep.clusters) == 1 and rep.clusters[0].size == 2  # too few rows to split
+
+
+def test_spend_priority_ranks_where_the_money_goes() -> None:
+    """Under `spend`, a cluster of cheap-to-serve queries with a big gap loses to one the top
+    tier charges ten times as much for; an unrecorded cost counts at the mean of the known."""
+    fs = planted()
+    for f in fs:
+        f.top_cost = 0.01 if f.id.startswith("worst") else 0.1  # 'worst': short, cheap queries
+    fs[-1].top_cost = None  # one of t2's: not recorded
+    gap = cluster_failures(fs, fake_embed, k_range=(2, 6), seed=3, priority="gap")
+    spend = cluster_failures(fs, fake_embed, k_range=(2, 6), seed=3)  # the default
+    assert {i.rstrip("0123456789") for i in gap.clusters[0].ids} == {"worst"}
+    kinds = [{i.rstrip("0123456789") for i in c.ids} for c in spend.clusters]
+    assert kinds[:3] == [{"mid"}, {"wide"}, {"worst"}]  # spends 0.30, 0.21, 0.09
+    assert abs(spend.clusters[0].score - 6 * 0.5 * 0.1) < 1e-9
+    known = [f.top_cost for f in fs if f.top_cost is not None]
+    t2 = sum(c.spend for c in spend.clusters if c.task == "t2")
+    assert abs(t2 - 0.1 * (4 * 0.1 + float(np.mean(known)))) < 1e-9
+    assert spend.to_json()["priority"] == "spend" and spend.to_json()["clusters"][0]["spend"] > 0
+    assert [c.ids for c in gap.clusters] != [c.ids for c in spend.clusters]
+
+
+def test_unknown_priority_is_a_named_error() -> None:
+    import pytest
+
+    from routenlp.errors import DataError
+
+    with pytest.raises(DataError, match="--priority"):
+        cluster_failures(planted(), fake_embed, priority="size")

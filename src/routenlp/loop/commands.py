@@ -64,6 +64,7 @@ def register(app: typer.Typer) -> None:
         teacher: str = typer.Option("top", "--teacher", help="top | accepted | reference"),
         epsilon: float = typer.Option(0.005, "--epsilon", help="stop when the cost-ratio gain is below this"),
         top_clusters: int = typer.Option(5, "--top-clusters", min=1, help="clusters distilled per round"),
+        priority: str = typer.Option("spend", "--priority", help="cluster ranking: spend (gap x the top tier's cost, summed over the cluster: where the money goes) | gap (size x mean gap, the paper's)"),
         min_cluster: int = typer.Option(8, "--min-cluster", min=0, help="top small clusters up with neighbours"),
         k: str = typer.Option("2:8", "--k", help="k-means k range searched by silhouette, MIN:MAX"),
         max_per_tier: int = typer.Option(64, "--max-per-tier", min=1, help="new examples per tier per round"),
@@ -85,6 +86,7 @@ def register(app: typer.Typer) -> None:
         from routenlp.config import load_config
         from routenlp.errors import DataError
         from routenlp.loop.distill import LoraSettings
+        from routenlp.loop.cluster import PRIORITIES
         from routenlp.loop.rounds import LoopOptions, load_matrices, optimize, table_rows
         from routenlp.loop.sets import TEACHERS
 
@@ -92,6 +94,8 @@ def register(app: typer.Typer) -> None:
             raise DataError(f"--strategy must be targeted, random or both, got {strategy!r}")
         if teacher not in TEACHERS:
             raise DataError(f"--teacher must be one of {', '.join(TEACHERS)}, got {teacher!r}")
+        if priority not in PRIORITIES:
+            raise DataError(f"--priority must be one of {', '.join(PRIORITIES)}, got {priority!r}")
         cfg = load_config(config)
         tier_list = tuple(t.strip() for t in tiers.split(",") if t.strip()) if tiers else None
         store = None
@@ -102,7 +106,7 @@ def register(app: typer.Typer) -> None:
         opts = LoopOptions(
             rounds=rounds, strategies=("targeted", "random") if strategy == "both" else (strategy,),
             teacher=teacher, epsilon=epsilon, top_clusters=top_clusters, min_cluster=min_cluster,
-            k_range=_parse_k(k), max_per_tier=max_per_tier, tiers=tier_list, target_quality=target_quality,
+            priority=priority, k_range=_parse_k(k), max_per_tier=max_per_tier, tiers=tier_list, target_quality=target_quality,
             seed=seed, store=store, from_store=from_store, parallel=parallel,
             lora=LoraSettings(r=lora_r, alpha=2 * lora_r, lr=lr, epochs=epochs, max_length=max_length,
                               seed=seed, threads=threads),
@@ -167,6 +171,7 @@ def register(app: typer.Typer) -> None:
         out: Path | None = typer.Option(None, "--out", help="cluster report JSON"),
         router_dir: Path | None = typer.Option(None, "--router", help="router artifact (adds its task embedding)"),
         k: str = typer.Option("2:8", "--k", help="k range MIN:MAX"),
+        priority: str = typer.Option("spend", "--priority", help="cluster ranking: spend | gap (see optimize --help)"),
         limit: int = typer.Option(10, "--limit", min=1),
         seed: int = typer.Option(13, "--seed"),
     ) -> None:
@@ -180,7 +185,8 @@ def register(app: typer.Typer) -> None:
         cfg = load_config(config)
         failures = mine_matrix(cfg, read_matrix(matrix))
         report = cluster_failures(failures, adapters.router_embedder(cfg),
-                                  task_vectors=adapters.router_task_vectors(router_dir), k_range=_parse_k(k), seed=seed)
+                                  task_vectors=adapters.router_task_vectors(router_dir), k_range=_parse_k(k), seed=seed,
+                                  priority=priority)
         console.print(report_table(report, limit))
         if out is not None:
             report.save(out)

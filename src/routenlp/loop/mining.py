@@ -31,12 +31,13 @@ class Failure:
     reference: Any = None  # gold or reviewer's correction (`--teacher reference`)
     source: str = "matrix"  # "matrix" | "store"
     qualities: dict[str, float | None] = field(default_factory=dict)
+    top_cost: float | None = None  # what the top tier charged for it (the spend at stake)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id, "task": self.task, "query": self.query, "gap": self.gap,
             "tiers": self.tiers, "top_tier": self.top_tier, "source": self.source,
-            "qualities": self.qualities,
+            "qualities": self.qualities, "top_cost": self.top_cost,
         }
 
 
@@ -108,6 +109,7 @@ def mine_matrix(config: EnsembleConfig, rows: Sequence[MatrixRow], *, tiers: Seq
         out.append(Failure(
             id=row.id, task=row.task, query=row.prompt, gap=gap, tiers=failing, top_tier=top,
             top_output=top_out, accepted_output=acc, reference=row.reference, qualities=quals,
+            top_cost=top_o.cost,
         ))
     return out
 
@@ -175,11 +177,13 @@ def mine_store(config: EnsembleConfig, store: Any, *, task: str | None = None,
         if not failing:
             continue
         accepted = response if q_served is not None and q_served >= tau else None
+        top_step = next((s for s in rec.path if s.tier == ladder[-1] and not s.skipped), None)
         out.append(Failure(
             id=rec.id, task=rec.task, query=rec.query, gap=gap,
             tiers=sorted(set(failing), key=ladder.index), top_tier=ladder[-1],
             top_output=response if rec.final_tier == ladder[-1] else None,
             accepted_output=accepted, reference=ref, source="store", qualities=quals,
+            top_cost=top_step.cost if top_step is not None else None,
         ))
     return out
 

@@ -51,6 +51,7 @@ class LoopOptions:
     teacher: str = "top"
     epsilon: float = 0.005
     top_clusters: int = 5
+    priority: str = "spend"  # cluster ranking (loop/cluster.py): spend | gap (the paper's)
     min_cluster: int = 8
     k_range: tuple[int, int] = (2, 8)
     max_per_tier: int | None = 64
@@ -266,7 +267,8 @@ def run_round(
         return _record(round_no, strategy, "stopped", "no failures left to mine", state, timer), None
     tv = adapters.router_task_vectors(state.artifacts / "router")
     report = timer.run("cluster", lambda: cluster_failures(failures, embed, task_vectors=tv,
-                                                           k_range=opts.k_range, seed=opts.seed))
+                                                           k_range=opts.k_range, seed=opts.seed,
+                                                           priority=opts.priority))
     report.save(round_dir / "clusters.json")
     pool = [*state.train, *opts.pool]  # held-out rows are dropped by the set builders
 

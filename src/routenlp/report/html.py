@@ -303,7 +303,8 @@ def clusters_html(clusters: dict[str, Any] | None, gains: Sequence[dict[str, Any
     by_key = _gains_by_cluster(gains)
     head = (
         "<tr><th>rank</th><th>task</th><th>failing tiers</th><th>size</th><th>share of failures</th>"
-        "<th>mean gap</th><th class=\"text\">example queries</th><th>test quality before → after</th></tr>"
+        "<th>mean gap</th><th>gap x top cost</th><th class=\"text\">example queries</th>"
+        "<th>test quality before → after</th></tr>"
     )
     body = []
     for c in items[:top]:
@@ -316,15 +317,18 @@ def clusters_html(clusters: dict[str, Any] | None, gains: Sequence[dict[str, Any
             f"<tr><td>{_fmt(c.get('rank'))}</td><td>{_fmt(c.get('task'))}</td>"
             f"<td>{html.escape(', '.join(f'{t} {n}' for t, n in tiers.items())) or '—'}</td>"
             f"<td>{_fmt(size)}</td><td>{'—' if share is None else f'{share:.1%}'}</td>"
-            f"<td>{_fmt(c.get('mean_gap'))}</td><td class=\"text\">{ex or '—'}</td>"
+            f"<td>{_fmt(c.get('mean_gap'))}</td><td>{_fmt(c.get('spend'))}</td>"
+            f"<td class=\"text\">{ex or '—'}</td>"
             f"<td>{_gain_cell(by_key.get(key, []))}</td></tr>"
         )
+    ranking = ("the sum of gap x the top tier's cost on each member (the spend the cluster keeps on the "
+               "top tier)" if clusters.get("priority") == "spend" else "size x mean gap to the top tier")
     gain_note = ("" if by_key else " No per-cluster gains given (the loop did not distil this round, or they "
                  "were not passed).")
     return (
         "<h2>Failure clusters</h2>"
         f'<p class="note">Top {min(top, len(items))} of {len(items)} clusters of {_fmt(n_fail)} mined failures, '
-        "ranked by size x mean gap to the top tier (the distillation priority). Failing tiers: how many of the "
+        f"ranked by {ranking} (the distillation priority). Failing tiers: how many of the "
         f"cluster's queries each tier failed.{gain_note}</p>"
         f"<table>{head}{''.join(body)}</table>"
     )
