@@ -421,7 +421,8 @@ def register(app: typer.Typer) -> None:
         preset: str = typer.Option(
             "quick", "--preset",
             help="tiny (CI smoke test), quick (40 rows per task; measured 13.5 min cold with install "
-            "on a 2-core 2.6 GHz Zen 4, about 40 min on a 2 GHz AVX2 one; about 33 s warm) or "
+            "on a 2-core 2.6 GHz Zen 4, 16-18 min on a 2-core 2.45 GHz AVX2-only EPYC; about 33 s "
+            "warm) or "
             "full (200 rows per task, 3 rounds; prints its estimate first)",
         ),
         out: Path = typer.Option(Path("runs/demo"), "--out", help="working directory"),
