@@ -454,10 +454,9 @@ def register(app: typer.Typer) -> None:
         if rounds is not None:
             p = replace(p, rounds=rounds)
         if priority is not None:
-            from routenlp.loop.cluster import PRIORITIES
+            from routenlp.loop.cluster import check_priority
 
-            if priority not in PRIORITIES:
-                raise DataError(f"--priority must be one of {', '.join(PRIORITIES)}, got {priority!r}")
+            check_priority(priority)
             p = replace(p, priority=priority)
         t_start = time.perf_counter()
         out.mkdir(parents=True, exist_ok=True)

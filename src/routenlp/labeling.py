@@ -218,12 +218,17 @@ def matrix_rows(
     ]
 
 
+def _fallback_of(config: EnsembleConfig, name: str) -> str | None:
+    """The tier a simulated frontier serves on its simulated errors (None for other kinds)."""
+    cfg_t = config.tier(name)
+    return cfg_t.reference_options.fallback_tier if cfg_t.kind == "reference" else None
+
+
 def attach_fallbacks(config: EnsembleConfig, built: dict[str, Tier]) -> None:
     """The simulated frontier serves its fallback tier's answer on its simulated errors:
     hand it the already loaded tier instead of letting it load a second copy."""
     for name, tier in built.items():
-        cfg_t = config.tier(name)
-        fb = cfg_t.reference_options.fallback_tier if cfg_t.kind == "reference" else None
+        fb = _fallback_of(config, name)
         if fb in built and hasattr(tier, "attach_fallback"):
             tier.attach_fallback(built[fb])  # type: ignore[attr-defined]
 
@@ -260,8 +265,7 @@ def _batch_fallbacks(config: EnsembleConfig, built: dict[str, Tier], names: Sequ
     """Simulated-frontier tier -> its fallback tier, for the pairs labelled in the same batch."""
     out: dict[str, str] = {}
     for name in names:
-        cfg_t = config.tier(name)
-        fb = cfg_t.reference_options.fallback_tier if cfg_t.kind == "reference" else None
+        fb = _fallback_of(config, name)
         if fb in names and config.tier(fb).kind != "reference" and hasattr(built[name], "attach_fallback"):
             out[name] = fb
     return out

@@ -35,6 +35,12 @@ MAX_DIMS = 128
 PRIORITIES = ("gap", "spend")
 
 
+def check_priority(priority: str) -> None:
+    """Callers check before any work (a demo would otherwise fail after labelling)."""
+    if priority not in PRIORITIES:
+        raise DataError(f"--priority must be one of {', '.join(PRIORITIES)}, got {priority!r}")
+
+
 @dataclass
 class Cluster:
     task: str
@@ -157,8 +163,7 @@ def cluster_failures(
     """Cluster each task's failures and rank all clusters by `priority` (see the module)."""
     if k_range[0] < 1 or k_range[1] < k_range[0]:
         raise DataError(f"k range must be 1 <= min <= max, got {k_range}")
-    if priority not in PRIORITIES:
-        raise DataError(f"--priority must be one of {', '.join(PRIORITIES)}, got {priority!r}")
+    check_priority(priority)
     # a failure whose top-tier cost was not recorded counts at the mean of those that were
     known = [float(f.top_cost) for f in failures if f.top_cost is not None]
     fill = float(np.mean(known)) if known else 1.0

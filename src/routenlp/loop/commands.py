@@ -86,7 +86,7 @@ def register(app: typer.Typer) -> None:
         from routenlp.config import load_config
         from routenlp.errors import DataError
         from routenlp.loop.distill import LoraSettings
-        from routenlp.loop.cluster import PRIORITIES
+        from routenlp.loop.cluster import check_priority
         from routenlp.loop.rounds import LoopOptions, load_matrices, optimize, table_rows
         from routenlp.loop.sets import TEACHERS
 
@@ -94,8 +94,7 @@ def register(app: typer.Typer) -> None:
             raise DataError(f"--strategy must be targeted, random or both, got {strategy!r}")
         if teacher not in TEACHERS:
             raise DataError(f"--teacher must be one of {', '.join(TEACHERS)}, got {teacher!r}")
-        if priority not in PRIORITIES:
-            raise DataError(f"--priority must be one of {', '.join(PRIORITIES)}, got {priority!r}")
+        check_priority(priority)
         cfg = load_config(config)
         tier_list = tuple(t.strip() for t in tiers.split(",") if t.strip()) if tiers else None
         store = None
