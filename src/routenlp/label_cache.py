@@ -13,7 +13,9 @@ changed reference or metric cannot serve a stale score. The cost is re-priced fr
 cached token counts at the tier's current prices. Remote tiers (`openai_compat`) and
 `replay` tiers are never cached, and neither are error outcomes (a timeout or a missing
 head must be retried next time). Greedy output is taken as a function of the request
-alone; batch composition and library versions are not part of the key.
+alone; batch composition and library versions are not part of the key. How a local tier
+computes is: its resolved CTranslate2 compute type and, for int8, whether the CPU runs it on
+a dot-product instruction (greedy int8 answers differ without one).
 
 Switch it off with ROUTENLP_LABEL_CACHE=0 (or `routenlp label --no-cache`).
 """
@@ -125,6 +127,17 @@ def model_identity(model: str | None) -> str | None:
     return f"name:{model}"
 
 
+def compute_identity(t: TierConfig) -> dict[str, Any] | None:
+    """How a CTranslate2 tier computes on this machine: the compute type `auto` resolves to
+    and, for int8, whether a dot-product instruction runs it (int8 answers differ without)."""
+    if str((t.options or {}).get("engine", "ctranslate2")) != "ctranslate2":
+        return None
+    from routenlp.models.engine import int8_dot_product, resolve_compute_type
+
+    compute_type, _ = resolve_compute_type(str((t.options or {}).get("compute_type", "auto")))
+    return {"type": compute_type, "int8_dot_product": int8_dot_product() if "int8" in compute_type else None}
+
+
 def tier_fingerprint(
     config: EnsembleConfig, name: str, tier: Tier | None = None, *, _seen: frozenset[str] = frozenset()
 ) -> str | None:
@@ -146,6 +159,9 @@ def tier_fingerprint(
     }
     if t.kind == "local":
         parts["model_identity"] = model_identity(t.model)
+        parts["compute"] = compute_identity(t)
+        if parts["compute"] is not None:  # the resolved type replaces the option ("auto" or not)
+            parts["options"].pop("compute_type", None)
         parts["adapter"] = dir_digest(t.adapter) if t.adapter else None
         from routenlp.tiers.hf_local import COMPLETION_STOPS, END_TOKENS
 

@@ -118,3 +118,35 @@ def test_lora_adapter_is_merged_converted_and_served(
     monkeypatch.setattr(convert, "merge_lora", lambda *a, **k: (_ for _ in ()).throw(AssertionError("merged twice")))
     again = registry.resolve_local_model(SMOL, adapter=str(adapter))
     assert again.path == served
+
+
+def test_auto_compute_type_is_float32_where_int8_has_no_dot_product(tmp_path: Path) -> None:
+    """Capped at AVX2 (as on a CPU without VNNI) the default loads float32, and answers."""
+    import json
+    import subprocess
+    import sys
+
+    _require_smollm2()
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "import json\n"
+        "from routenlp.config import TierConfig\n"
+        "from routenlp.tiers.base import Request\n"
+        "from routenlp.tiers.hf_local import LocalTier\n"
+        f"t = LocalTier(TierConfig(name='T2', kind='local', model={SMOL!r}, price_in=0.1, price_out=0.1,\n"
+        "                          max_tokens=8, chat_format='chatml'))\n"
+        "g = t.generate(Request(task='qa', prompt='What is the capital of France? Answer in one word.'))\n"
+        "print(json.dumps({'compute_type': t._engine.compute_type, 'text': g.text, 'error': g.error}))\n"
+    )
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "CT2_FORCE_CPU_ISA": "AVX2"}
+    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["compute_type"] == "float32" and got["error"] is None
+    assert "paris" in got["text"].lower()
+
+
+def test_auto_compute_type_follows_this_cpu(smol_tier: LocalTier) -> None:
+    from routenlp.models.engine import resolve_compute_type
+
+    assert smol_tier._engine.compute_type == resolve_compute_type("auto")[0]  # type: ignore[union-attr]

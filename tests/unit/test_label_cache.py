@@ -142,7 +142,25 @@ def test_adapter_content_not_path_is_the_key(tmp_path: Path) -> None:
 def test_threads_do_not_change_the_key_but_other_options_do() -> None:
     base = tier_fingerprint(ensemble(), "T1")
     assert tier_fingerprint(ensemble(t1_options={"threads": 2}), "T1") == base
-    assert tier_fingerprint(ensemble(t1_options={"compute_type": "float32"}), "T1") != base
+    assert tier_fingerprint(ensemble(t1_options={"max_input_tokens": 512}), "T1") != base
+
+
+def test_how_a_local_tier_computes_here_is_part_of_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """int8 answers differ between CPUs with and without an int8 dot-product instruction;
+    `auto` resolving to float32 is a different tier too; explicit float32 is the same
+    tier on every CPU."""
+    from routenlp.models import engine
+
+    def keys(dot: bool | None) -> tuple[str | None, str | None]:
+        monkeypatch.setattr(engine, "int8_dot_product", lambda: dot)
+        return (tier_fingerprint(ensemble(), "T1"),
+                tier_fingerprint(ensemble(t1_options={"compute_type": "float32"}), "T1"))
+
+    vnni, avx2, unknown = keys(True), keys(False), keys(None)
+    assert vnni[0] != avx2[0] and vnni[0] != unknown[0]
+    assert avx2[0] == avx2[1]  # auto is float32 there: the same answers as explicit float32
+    assert vnni[1] == avx2[1] == unknown[1]
+    assert tier_fingerprint(ensemble(t1_options={"engine": "transformers"}), "T1") is not None
 
 
 def test_classifier_head_content_is_the_key(tmp_path: Path) -> None:
@@ -215,7 +233,7 @@ def test_reference_tier_key_covers_its_options_and_fallback(tmp_path: Path) -> N
     base = tier_fingerprint(cfg(), "T4")
     assert base is not None
     assert tier_fingerprint(cfg(error_rate=0.2), "T4") != base
-    assert tier_fingerprint(cfg(fb_options={"compute_type": "float32"}), "T4") != base
+    assert tier_fingerprint(cfg(fb_options={"max_input_tokens": 512}), "T4") != base
     assert tier_fingerprint(cfg(fb_kind="openai_compat"), "T4") is None  # remote fallback
 
     c = cfg(error_rate=0.0)

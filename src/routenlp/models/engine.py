@@ -9,12 +9,16 @@ end one sequence of a batch), so a few-shot prompt does not pay for tokens past 
 Why CTranslate2 int8: on 2 CPU cores it decodes SmolLM2-135M ~3-5x faster than
 transformers fp32 (numbers in the models README / `routenlp bench tiers --baseline`),
 installs from a wheel in seconds and gives per-token log-probs through its step callback.
+On x86 CPUs without an int8 dot-product instruction the default (`auto`) is float32
+instead: there int8 costs SmolLM2 real answer quality (`resolve_compute_type`).
 """
 
 from __future__ import annotations
 
 import atexit
+import functools
 import os
+import platform
 import threading
 import time
 import weakref
@@ -53,6 +57,51 @@ def default_threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - non-Linux
         return max(1, os.cpu_count() or 1)
+
+
+# oneDNN `ONEDNN_MAX_CPU_ISA` caps whose int8 kernels have no dot-product instruction
+_NO_VNNI_CAPS = frozenset({"SSE41", "AVX", "AVX2", "AVX512_CORE"})
+_VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+@functools.lru_cache(maxsize=None)
+def int8_dot_product(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
+    """Whether CTranslate2's int8 GEMM runs on a dot-product instruction here (AVX-512
+    VNNI, AVX-VNNI or AMX on x86; any 64-bit ARM): True, False, or None when it cannot tell.
+
+    Why it matters: without one, oneDNN's x86 int8 kernels (vpmaddubsw) saturate their
+    16-bit sums, and SmolLM2-135M's answers get measurably worse (docs/benchmarks.md).
+    oneDNN's own `ONEDNN_MAX_CPU_ISA` cap is honoured, so a capped run is judged as it runs."""
+    machine = platform.machine().lower()
+    if machine in ("arm64", "aarch64"):
+        return True
+    if machine not in ("x86_64", "amd64", "i686", "x86"):
+        return None
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").upper()
+    if cap in _NO_VNNI_CAPS:
+        return False
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return bool(_VNNI_FLAGS & set(line.partition(":")[2].split()))
+    return None
+
+
+def resolve_compute_type(requested: str) -> tuple[str, str]:
+    """The CTranslate2 compute type to load with, and why. `auto` is int8 where int8 runs
+    on a dot-product instruction (or where that cannot be told), float32 elsewhere:
+    correct answers first, at about 1.5x the decoding time there."""
+    if requested != "auto":
+        return requested, "set in the tier's options"
+    dot = int8_dot_product()
+    if dot is False:
+        return "float32", "this CPU has no int8 dot-product instruction (AVX-512 VNNI / AVX-VNNI), where int8 answers worse"
+    if dot is None:
+        return "int8", "could not read this CPU's instruction set"
+    return "int8", "this CPU has an int8 dot-product instruction"
 
 
 def find_stop(text: str, stop_strings: Sequence[str], start: int = 0) -> int:
@@ -118,7 +167,7 @@ def _close_ct2_engines() -> None:
 
 
 class CT2Engine:
-    """CTranslate2 `Generator` on CPU with int8 weights (thread-safe)."""
+    """CTranslate2 `Generator` on CPU, int8 or float32 (see `resolve_compute_type`; thread-safe)."""
 
     name = "ctranslate2"
 
@@ -128,11 +177,13 @@ class CT2Engine:
         *,
         id_to_token: Callable[[list[int]], list[str]],
         threads: int | None = None,
-        compute_type: str = "int8",
+        compute_type: str = "auto",
     ) -> None:
         import ctranslate2
 
         self.threads = threads or default_threads()
+        self.compute_type, self.compute_reason = resolve_compute_type(compute_type)
+        compute_type = self.compute_type
         self.generator = ctranslate2.Generator(
             str(model_dir),
             device="cpu",

@@ -17,13 +17,15 @@ Prompt formats (`chat_format`):
 - `auto`: chatml when the tokenizer knows `<|im_start|>`, else completion.
 
 Tier `options`: `engine` ("ctranslate2" default, or "transformers"), `threads`,
-`compute_type` (CTranslate2, default "int8"), `stop` (extra stop strings),
+`compute_type` (CTranslate2: "auto" by default, int8 where the CPU has an int8 dot-product
+instruction and float32 where it has not; or any CTranslate2 type), `stop` (extra stop strings),
 `max_input_tokens` (prompt tokens kept, from the end; default context - max_tokens).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -38,6 +40,7 @@ from routenlp.tiers.base import BaseTier, Generation, Request, Usage, register_t
 END_TOKENS = ("<|im_end|>", "<|endoftext|>", "<end_of_turn>", "<|eot_id|>", "<|end|>", "</s>", "<eos>")
 COMPLETION_STOPS = ("\n\n", "\nInput:", "\nOutput:")
 _MAX_ERROR = 300
+log = logging.getLogger(__name__)
 
 
 def format_chatml(messages: Sequence[dict[str, str]]) -> str:
@@ -98,7 +101,7 @@ class LocalTier(BaseTier):
                 f"not {self.engine_name!r}"
             )
         self.threads: int | None = int(opts["threads"]) if opts.get("threads") else None
-        self.compute_type: str = str(opts.get("compute_type", "int8"))
+        self.compute_type: str = str(opts.get("compute_type", "auto"))
         extra_stop = opts.get("stop") or []
         if isinstance(extra_stop, str):
             extra_stop = [extra_stop]
@@ -143,12 +146,14 @@ class LocalTier(BaseTier):
             self._end_ids = sorted(end_ids)
             self._context = resolved.context_length
             if resolved.engine == "ctranslate2":
-                engine: Engine = CT2Engine(
+                ct2 = CT2Engine(
                     resolved.path,
                     id_to_token=tok.convert_ids_to_tokens,
                     threads=self.threads,
                     compute_type=self.compute_type,
                 )
+                log.info("tier %s: CTranslate2 %s (%s)", self.name, ct2.compute_type, ct2.compute_reason)
+                engine: Engine = ct2
             else:
                 pad = tok.pad_token_id if tok.pad_token_id is not None else self._end_ids[0]
                 engine = TorchEngine(resolved.path, pad_id=int(pad), threads=self.threads)
