@@ -93,7 +93,7 @@ def int8_dot_product(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
 def resolve_compute_type(requested: str) -> tuple[str, str]:
     """The CTranslate2 compute type to load with, and why. `auto` is int8 where int8 runs
     on a dot-product instruction (or where that cannot be told), float32 elsewhere:
-    correct answers first, at about 1.5x the decoding time there."""
+    correct answers first, at 1.4x SmolLM2's labelling time there (docs/benchmarks.md)."""
     if requested != "auto":
         return requested, "set in the tier's options"
     dot = int8_dot_product()
