@@ -420,8 +420,9 @@ def register(app: typer.Typer) -> None:
     def demo_cmd(
         preset: str = typer.Option(
             "quick", "--preset",
-            help="tiny (CI smoke test), quick (40 rows per task; measured 13.5 min cold with install "
-            "on a 2-core 2.6 GHz Zen 4, 16-18 min on a 2-core 2.45 GHz AVX2-only EPYC; about 33 s "
+            help="tiny (CI smoke test), quick (40 rows per task; measured 14.6 min cold with install "
+            "on a 2-core Zen 4 EPYC, 16-18 min on a 2-core 2.45 GHz AVX2-only EPYC with T2 in int8, "
+            "now float32 there and slower; about 40 s "
             "warm) or "
             "full (200 rows per task, 3 rounds; prints its estimate first)",
         ),
