@@ -69,8 +69,8 @@ def int8_dot_product(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
     """Whether CTranslate2's int8 GEMM runs on a dot-product instruction here (AVX-512
     VNNI, AVX-VNNI or AMX on x86; any 64-bit ARM): True, False, or None when it cannot tell.
 
-    Why it matters: without one, oneDNN's x86 int8 kernels (vpmaddubsw) saturate their
-    16-bit sums, and SmolLM2-135M's answers get measurably worse (docs/benchmarks.md).
+    Why it matters: without one, SmolLM2-135M's int8 answers get measurably worse
+    (docs/benchmarks.md; likely 16-bit saturating sums in oneDNN's vpmaddubsw kernels).
     oneDNN's own `ONEDNN_MAX_CPU_ISA` cap is honoured, so a capped run is judged as it runs."""
     machine = platform.machine().lower()
     if machine in ("arm64", "aarch64"):
