@@ -539,13 +539,12 @@ def _run(cfg: EnsembleConfig, out: Path, p: Preset, seed: int, stage: Any, conso
         stage("classifier", t_heads)
 
     _pull_side_by_side(models, console, progress, meanwhile=fit_heads)
-    from routenlp.models.engine import resolve_compute_type
+    from routenlp.tiers.hf_local import planned_compute
 
     for tier in cfg.tiers:
-        opts = tier.options or {}
-        if tier.kind == "local" and str(opts.get("engine", "ctranslate2")) == "ctranslate2":
-            compute_type, why = resolve_compute_type(str(opts.get("compute_type", "auto")))
-            console.print(f"{tier.name} ({tier.model}): CTranslate2 {compute_type} ({why})")
+        planned = planned_compute(tier) if tier.kind == "local" else None
+        if planned is not None:
+            console.print(f"{tier.name} ({tier.model}): CTranslate2 {planned[0]} ({planned[1]})")
     stage("models", t0)
 
     t0 = time.perf_counter()

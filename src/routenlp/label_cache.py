@@ -130,11 +130,13 @@ def model_identity(model: str | None) -> str | None:
 def compute_identity(t: TierConfig) -> dict[str, Any] | None:
     """How a CTranslate2 tier computes on this machine: the compute type `auto` resolves to
     and, for int8, whether a dot-product instruction runs it (int8 answers differ without)."""
-    if str((t.options or {}).get("engine", "ctranslate2")) != "ctranslate2":
-        return None
-    from routenlp.models.engine import int8_dot_product, resolve_compute_type
+    from routenlp.models.engine import int8_dot_product
+    from routenlp.tiers.hf_local import planned_compute
 
-    compute_type, _ = resolve_compute_type(str((t.options or {}).get("compute_type", "auto")))
+    planned = planned_compute(t)
+    if planned is None:
+        return None
+    compute_type = planned[0]
     return {"type": compute_type, "int8_dot_product": int8_dot_product() if "int8" in compute_type else None}
 
 

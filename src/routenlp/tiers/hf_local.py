@@ -33,7 +33,7 @@ from typing import Any
 
 from routenlp.config import EnsembleConfig, TierConfig
 from routenlp.errors import ConfigError
-from routenlp.models.engine import CT2Engine, Engine, Finished, TorchEngine, finish
+from routenlp.models.engine import CT2Engine, Engine, Finished, TorchEngine, finish, resolve_compute_type
 from routenlp.tiers.base import BaseTier, Generation, Request, Usage, register_tier
 
 # Tokens that end an assistant turn in the chat formats of common small models.
@@ -41,6 +41,24 @@ END_TOKENS = ("<|im_end|>", "<|endoftext|>", "<end_of_turn>", "<|eot_id|>", "<|e
 COMPLETION_STOPS = ("\n\n", "\nInput:", "\nOutput:")
 _MAX_ERROR = 300
 log = logging.getLogger(__name__)
+
+
+def engine_option(config: TierConfig) -> str:
+    """The tier's `options.engine` (CTranslate2 unless set)."""
+    return str((config.options or {}).get("engine", "ctranslate2"))
+
+
+def compute_type_option(config: TierConfig) -> str:
+    """The tier's `options.compute_type` (`auto` unless set)."""
+    return str((config.options or {}).get("compute_type", "auto"))
+
+
+def planned_compute(config: TierConfig) -> tuple[str, str] | None:
+    """The CTranslate2 compute type a local tier loads with on this machine, and why
+    (None for the transformers engine): what the demo prints and the label cache keys on."""
+    if engine_option(config) != "ctranslate2":
+        return None
+    return resolve_compute_type(compute_type_option(config))
 
 
 def format_chatml(messages: Sequence[dict[str, str]]) -> str:
@@ -94,14 +112,14 @@ class LocalTier(BaseTier):
                 "smollm2-135m-instruct, or a local model directory)"
             )
         opts = dict(config.options or {})
-        self.engine_name: str = str(opts.get("engine", "ctranslate2"))
+        self.engine_name: str = engine_option(config)
         if self.engine_name not in ("ctranslate2", "transformers"):
             raise ConfigError(
                 f"tier {config.name!r}: options.engine must be 'ctranslate2' or 'transformers', "
                 f"not {self.engine_name!r}"
             )
         self.threads: int | None = int(opts["threads"]) if opts.get("threads") else None
-        self.compute_type: str = str(opts.get("compute_type", "auto"))
+        self.compute_type: str = compute_type_option(config)
         extra_stop = opts.get("stop") or []
         if isinstance(extra_stop, str):
             extra_stop = [extra_stop]
