@@ -62,9 +62,14 @@ class Cluster:
         return len(self.ids)
 
     @property
+    def size_gap(self) -> float:
+        """The paper's priority: size x mean gap."""
+        return self.size * self.mean_gap
+
+    @property
     def score(self) -> float:
         """The ranking key under the report's priority."""
-        return self.spend if self.priority == "spend" else self.size * self.mean_gap
+        return self.spend if self.priority == "spend" else self.size_gap
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -224,6 +229,6 @@ def report_table(report: ClusterReport, limit: int = 10):  # noqa: ANN201 - rich
     for c in report.clusters[:limit]:
         ex = " | ".join(e[:60].replace("\n", " ") for e in c.examples)
         tiers = ", ".join(f"{k}:{v}" for k, v in c.failing_tiers.items())
-        t.add_row(str(c.rank), c.key, str(c.size), f"{c.mean_gap:.3f}", f"{c.size * c.mean_gap:.2f}",
+        t.add_row(str(c.rank), c.key, str(c.size), f"{c.mean_gap:.3f}", f"{c.size_gap:.2f}",
                   f"{c.spend:.4g}", tiers, ex)
     return t
